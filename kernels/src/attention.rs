@@ -1,0 +1,123 @@
+//! Attention over a paged KV cache (CPU).
+//!
+//! Keys and values of one layer live in fixed-size blocks: slot `b * block_size + i` holds position
+//! `block_size * j + i` of a sequence whose block table has `b` at index `j`. Each slot stores
+//! `n_kv_heads * head_dim` f16 values. Work is split over (query token, KV head); the query heads of a
+//! group share one pass over the keys and values. No reduction depends on the batch, so a sequence's
+//! result is the same whoever shares the step with it.
+use crate::dot::{axpy_f16, dot_f32_f16};
+use crate::ops::softmax_inplace;
+use half::f16;
+use rayon::prelude::*;
+
+/// One layer's K and V storage, borrowed.
+#[derive(Clone, Copy)]
+pub struct KvLayer<'a> {
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+    pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The query tokens of one sequence in this step.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnSeq<'a> {
+    /// Index of the sequence's first query token among the step's tokens.
+    pub token_start: usize,
+    /// Number of query tokens (prefill chunk length, or 1 when decoding).
+    pub n_tokens: usize,
+    /// Position of the first query token; the others follow consecutively.
+    pub first_pos: usize,
+    /// Cache blocks of the sequence, covering positions `0..=first_pos + n_tokens - 1`.
+    pub block_table: &'a [u32],
+}
+
+/// Attention parameters of a layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys at positions > p - window.
+    pub window: Option<usize>,
+    /// Logit soft-capping (`cap * tanh(s / cap)`), used by some architectures.
+    pub softcap: Option<f32>,
+}
+
+/// Writes each token's K and V rows (`n_kv_heads * head_dim` f32) into the cache slots given.
+pub fn write_kv(k_cache: &mut [f16], v_cache: &mut [f16], slots: &[usize], k: &[f32], v: &[f32], kv_dim: usize) {
+    for (t, &slot) in slots.iter().enumerate() {
+        let dst = slot * kv_dim..(slot + 1) * kv_dim;
+        for (d, s) in k_cache[dst.clone()].iter_mut().zip(&k[t * kv_dim..(t + 1) * kv_dim]) {
+            *d = f16::from_f32(*s);
+        }
+        for (d, s) in v_cache[dst].iter_mut().zip(&v[t * kv_dim..(t + 1) * kv_dim]) {
+            *d = f16::from_f32(*s);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes the heads of its own (token, KV head) group only.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `out` (tokens × n_heads × head_dim) = softmax(q·kᵀ · scale) · v over each sequence's cached positions.
+pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLayer, p: &AttnParams) {
+    let hd = kv.head_dim;
+    let group = p.n_heads / kv.n_kv_heads;
+    let q_stride = p.n_heads * hd;
+    let kv_dim = kv.n_kv_heads * hd;
+    let mut items = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        for t in 0..seq.n_tokens {
+            for h in 0..kv.n_kv_heads {
+                items.push((s, t, h));
+            }
+        }
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    items.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, t, kvh)| {
+        let seq = &seqs[s];
+        let row = seq.token_start + t;
+        let pos = seq.first_pos + t;
+        let lo = match p.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let n_keys = pos + 1 - lo;
+        scores.clear();
+        scores.resize(group * n_keys, 0.0);
+        let slot_of = |j: usize| {
+            seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
+        };
+        for (jj, j) in (lo..=pos).enumerate() {
+            let base = slot_of(j) * kv_dim + kvh * hd;
+            let k = &kv.k[base..base + hd];
+            for g in 0..group {
+                let h = kvh * group + g;
+                let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
+                let mut sc = dot_f32_f16(qh, k) * p.scale;
+                if let Some(cap) = p.softcap {
+                    sc = cap * (sc / cap).tanh();
+                }
+                scores[g * n_keys + jj] = sc;
+            }
+        }
+        for g in 0..group {
+            softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
+        }
+        let p_out = out_ptr;
+        for g in 0..group {
+            let h = kvh * group + g;
+            // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
+            let o = unsafe { std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd) };
+            o.fill(0.0);
+            for (jj, j) in (lo..=pos).enumerate() {
+                let base = slot_of(j) * kv_dim + kvh * hd;
+                axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+            }
+        }
+    });
+}

@@ -1,0 +1,17 @@
+//! inhaus kernels: the hot compute routines of the CPU path.
+//!
+//! - [`quant`]: GGUF block formats (weights) and their dequantization.
+//! - [`quantize`]: activations quantized once per matmul to the weight format's 8-bit partner.
+//! - [`dot`]: one dot product per block format pair, scalar and SIMD, chosen at run time.
+//! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
+//! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
+//! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
+pub mod attention;
+pub mod cpu;
+pub mod dot;
+pub mod matmul;
+pub mod ops;
+pub mod quant;
+pub mod quantize;
+
+pub use quant::GgmlType;

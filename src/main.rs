@@ -1,1 +1,218 @@
-fn main(){}
+//! The `inhaus` command line: parses arguments and dispatches; the work lives in the library.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use inhaus::chat_template::ChatMessage;
+use inhaus::engine::generate::{generate, GenerateOptions};
+use inhaus::engine::sampler::SamplingParams;
+use inhaus::loader;
+use inhaus::tokenizer::IncrementalDecoder;
+use std::io::Write;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "inhaus", version, about = "On-premises inference server for open-weight language models")]
+struct Cli {
+    /// Compute threads (default: all cores).
+    #[arg(long, global = true, env = "INHAUS_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt; only the generated text goes to stdout.
+    Generate {
+        /// Catalog alias or path to a .gguf file.
+        #[arg(long, env = "INHAUS_MODEL")]
+        model: Option<String>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Apply the model's chat template to the prompt (as one user message).
+        #[arg(long)]
+        chat: bool,
+        /// A system message (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Print the token ids of TEXT as JSON (no bos added; special tokens in the text are parsed).
+    Tokenize {
+        #[arg(long, env = "INHAUS_MODEL")]
+        model: Option<String>,
+        text: String,
+    },
+    /// Measure prefill and decode speed; prints one JSON line.
+    Bench {
+        #[arg(long, env = "INHAUS_MODEL")]
+        model: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
+fn init_threads(threads: Option<usize>) -> Result<usize> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    Ok(n)
+}
+
+fn model_name(m: Option<String>) -> String {
+    m.unwrap_or_else(|| inhaus::catalog::default_chat_alias().to_string())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let threads = init_threads(cli.threads)?;
+    match cli.command {
+        Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed, ignore_eos, chat, system } => {
+            let m = loader::load(&model_name(model))?;
+            let ids = if chat {
+                let Some(t) = &m.chat_template else { bail!("model {} has no chat template", m.name) };
+                let mut msgs = Vec::new();
+                if let Some(s) = system {
+                    msgs.push(ChatMessage::new("system", &s));
+                }
+                msgs.push(ChatMessage::new("user", &prompt));
+                let text = t.render(&msgs, true)?;
+                let mut ids = m.tokenizer.encode(&text, false)?;
+                if let (true, Some(bos)) = (m.tokenizer.add_bos, m.tokenizer.bos_id) {
+                    if ids.first() != Some(&bos) {
+                        ids.insert(0, bos);
+                    }
+                }
+                ids
+            } else {
+                m.tokenizer.encode(&prompt, true)?
+            };
+            let opts = GenerateOptions {
+                max_tokens,
+                sampling: SamplingParams { temperature, top_k, top_p, min_p: 0.0, seed },
+                ignore_eos,
+                stop_ids: m.tokenizer.stop_ids.clone(),
+                prefill_chunk: 512,
+            };
+            let mut decoder = IncrementalDecoder::new(true);
+            let stdout = std::io::stdout();
+            let mut err = None;
+            let (_, stats) = generate(&m.model, &ids, &opts, |id, _| {
+                match decoder.push(&m.tokenizer, id) {
+                    Ok(piece) => {
+                        let mut out = stdout.lock();
+                        let _ = out.write_all(piece.as_bytes());
+                        let _ = out.flush();
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            let tail = decoder.finish(&m.tokenizer)?;
+            print!("{tail}");
+            println!();
+            let ps = stats.prompt_time.as_secs_f64();
+            let ds = stats.decode_time.as_secs_f64();
+            eprintln!(
+                "prompt: {} tokens in {:.2} s ({:.1} tok/s); decode: {} tokens in {:.2} s ({:.1} tok/s)",
+                stats.prompt_tokens,
+                ps,
+                stats.prompt_tokens as f64 / ps.max(1e-9),
+                stats.generated_tokens,
+                ds,
+                stats.generated_tokens as f64 / ds.max(1e-9),
+            );
+        }
+        Command::Tokenize { model, text } => {
+            let m = loader::load(&model_name(model))?;
+            let ids = m.tokenizer.encode(&text, false)?;
+            println!("{}", serde_json::json!({ "ids": ids }));
+        }
+        Command::Bench { model, prompt_tokens, gen_tokens, repeats } => {
+            let m = loader::load(&model_name(model))?;
+            let report = bench(&m, prompt_tokens, gen_tokens, repeats.max(1))?;
+            println!("{}", serde_json::json!({
+                "model": m.name,
+                "threads": threads,
+                "simd": inhaus_kernels::cpu::simd_level().name(),
+                "prompt_tokens": prompt_tokens,
+                "gen_tokens": gen_tokens,
+                "repeats": repeats,
+                "prefill_tok_s": report.0,
+                "decode_tok_s": report.1,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Median prefill and decode tok/s, as llama-bench measures them: a prompt of random tokens in one
+/// batch, and generation of `gen` tokens one at a time from an empty context.
+fn bench(m: &loader::LoadedModel, prompt: usize, gen: usize, repeats: usize) -> Result<(f64, f64)> {
+    let vocab = m.model.config.vocab as u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (1000 + state % (vocab.min(30_000) - 1000)) as u32
+    };
+    let prompt_ids: Vec<u32> = (0..prompt).map(|_| next()).collect();
+    let opts = |max_tokens| GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::default(),
+        ignore_eos: true,
+        stop_ids: vec![],
+        prefill_chunk: prompt.max(1),
+    };
+    // Warm-up: page in the weights.
+    generate(&m.model, &prompt_ids[..prompt.min(16).max(1)], &opts(2), |_, _| true)?;
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..repeats {
+        if prompt > 0 {
+            let (_, s) = generate(&m.model, &prompt_ids, &opts(1), |_, _| true)?;
+            pp.push(prompt as f64 / s.prompt_time.as_secs_f64());
+        }
+        if gen > 0 {
+            let first = [prompt_ids[0]];
+            let t = Instant::now();
+            let (_, s) = generate(&m.model, &first, &opts(gen + 1), |_, _| true)?;
+            let _ = t;
+            tg.push(gen as f64 / s.decode_time.as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(pp), median(tg)))
+}

@@ -121,14 +121,62 @@ fi
 export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
 export CCACHE_DISABLE=1
 
+# ---- AMX probe: GGML_NATIVE means -march=native, which turns on AMX where /proc/cpuinfo lists it. Some VMs list
+# amx_tile but fault on the first tile instruction (llama.cpp then dies with SIGSEGV/SIGILL in
+# ggml_backend_amx_mul_mat). Run a tiny AMX program; if it fails, build with -mno-amx-* (everything else native).
+EXTRA_FLAGS=""
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+    probe_dir="$(mktemp -d)"
+    cat >"$probe_dir/amx.c" <<'C'
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */)) return 2;
+    _Alignas(64) uint8_t cfg[64];
+    memset(cfg, 0, sizeof cfg);
+    cfg[0] = 1; cfg[16] = 64; cfg[48] = 16;
+    _tile_loadconfig(cfg);
+    _tile_zero(0);
+    _tile_release();
+    return 0;
+}
+C
+    if cc -O1 -mamx-tile -o "$probe_dir/amx" "$probe_dir/amx.c" 2>/dev/null && ( "$probe_dir/amx" ) 2>/dev/null; then
+        log "AMX probe: usable; building with AMX (-march=native)"
+    else
+        for f in amx-tile amx-int8 amx-bf16 amx-fp16 amx-complex; do
+            if echo 'int main(void){return 0;}' | cc -x c -mno-$f -o /dev/null - 2>/dev/null; then
+                EXTRA_FLAGS="$EXTRA_FLAGS -mno-$f"
+            fi
+        done
+        EXTRA_FLAGS="${EXTRA_FLAGS# }"
+        log "AMX probe: the CPU lists AMX but tile instructions fault here; building with $EXTRA_FLAGS"
+    fi
+    rm -rf "$probe_dir"
+fi
+export CFLAGS="${CFLAGS:+$CFLAGS }$EXTRA_FLAGS"
+export CXXFLAGS="${CXXFLAGS:+$CXXFLAGS }$EXTRA_FLAGS"
+# compiler flags are cached by cmake: start the build folders afresh when they change
+flags_stamp="CFLAGS=$CFLAGS CXXFLAGS=$CXXFLAGS"
+if [[ ! -f "$REF/.flags" || "$(cat "$REF/.flags")" != "$flags_stamp" ]]; then
+    rm -rf "$PYBUILD" "$BUILD"
+    force_python=1
+else
+    force_python=0
+fi
+
 # ---- (a) llama-cpp-python, built from the sdist ------------------------------------------------------
-if [[ $force -eq 1 ]] || ! "$VPY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
+if [[ $force -eq 1 || $force_python -eq 1 ]] || ! "$VPY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
     log "building llama-cpp-python from source (log: $LOGS/python.log) ..."
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DGGML_CCACHE=OFF -DLLAMA_OPENSSL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF" \
     "$VPY" -m pip install --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps -v \
         -C cmake.build-type=Release -C "build-dir=$PYBUILD" \
         "$SDIST" >"$LOGS/python.log" 2>&1 || { tail -40 "$LOGS/python.log" >&2; die "llama-cpp-python build failed"; }
 fi
+echo "$flags_stamp" >"$REF/.flags"
 log "installing jinja2, numpy, gguf (gguf-py from the vendored llama.cpp) and llama-cpp-python's runtime deps"
 "$VPY" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
     "jinja2>=3.1" "numpy>=1.24" "typing-extensions>=4.5" "diskcache>=5.6" "pyyaml" "tqdm" "requests"
@@ -166,6 +214,7 @@ done
 {
     echo "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION"
     echo "sdist_sha256 $sha"
+    echo "extra_flags ${EXTRA_FLAGS:-none}"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(${CXX:-c++} --version | head -1)"
     echo "cpu $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //')"
 } >"$MARKER"

@@ -1,0 +1,53 @@
+//! Weights borrowed from the mapped model file: quantized matrices and f32 vectors (norms, biases).
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+use crate::Result;
+use inhaus_kernels::matmul::QMatrix;
+use inhaus_kernels::quant::dequantize_row;
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// A weight matrix of `rows` × `cols` in its file format, kept in the mapped file.
+#[derive(Clone)]
+pub struct Matrix {
+    pub dtype: inhaus_kernels::GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    mmap: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl Matrix {
+    pub fn load(file: &GgufFile, name: &str) -> Result<Self> {
+        let loc = file.tensor(name)?;
+        let (rows, cols) = match loc.dims.as_slice() {
+            [r, c] => (*r, *c),
+            other => return Err(ModelError::Gguf(format!("tensor {name} has shape {other:?}, expected 2-D"))),
+        };
+        let align = std::mem::align_of::<f32>();
+        if (file.mmap.as_ptr() as usize + loc.offset) % align != 0 {
+            return Err(ModelError::Gguf(format!("tensor {name} is not aligned")));
+        }
+        Ok(Self { dtype: loc.dtype, rows, cols, mmap: file.mmap.clone(), offset: loc.offset, len: loc.len })
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.mmap[self.offset..self.offset + self.len]
+    }
+
+    pub fn as_qmatrix(&self) -> QMatrix<'_> {
+        QMatrix { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.data() }
+    }
+}
+
+/// A 1-D tensor (norm weight, bias) dequantized to f32.
+pub fn load_vector(file: &GgufFile, name: &str) -> Result<Vec<f32>> {
+    let loc = file.tensor(name)?;
+    if loc.dims.len() != 1 {
+        return Err(ModelError::Gguf(format!("tensor {name} has shape {:?}, expected 1-D", loc.dims)));
+    }
+    let mut out = vec![0f32; loc.dims[0]];
+    dequantize_row(loc.dtype, &file.mmap[loc.offset..loc.offset + loc.len], &mut out);
+    Ok(out)
+}

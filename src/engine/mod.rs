@@ -1,0 +1,3 @@
+//! The engine: sampling and the generation loop over the batched forward and paged KV cache.
+pub mod generate;
+pub mod sampler;

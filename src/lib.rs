@@ -1,0 +1,8 @@
+//! inhaus: an on-premises, OpenAI-compatible inference server for open-weight language models.
+//!
+//! Data flows one way: CLI / HTTP → engine → models → kernels.
+pub mod catalog;
+pub mod chat_template;
+pub mod engine;
+pub mod loader;
+pub mod tokenizer;

@@ -1,0 +1,291 @@
+//! Builds a Hugging Face `tokenizers::Tokenizer` from a GGUF file's `tokenizer.ggml.*` metadata so that it
+//! tokenizes exactly as llama.cpp does:
+//! - `llama` (SentencePiece BPE): spaces become `▁`, merges derived from the token scores (a pair merges
+//!   when the joined piece is in the vocabulary, higher score first), byte fallback to `<0xXX>` tokens.
+//! - `gpt2` (byte-level BPE): the file's merges, and the pre-tokenizer regex llama.cpp uses for the
+//!   declared `tokenizer.ggml.pre` (`qwen2`, `smollm`, `llama-bpe`, default GPT-2).
+//!
+//! Control and user-defined tokens are added tokens, so `<start_of_turn>` written in text is one token.
+use inhaus_models::GgufFile;
+use std::collections::HashMap;
+use thiserror::Error;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, NormalizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+#[derive(Debug, Error)]
+pub enum TokenizerError {
+    #[error("GGUF tokenizer metadata `{0}` is missing or malformed")]
+    Metadata(String),
+    #[error("unsupported tokenizer model `{0}`")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+}
+
+fn tk<E: std::fmt::Display>(e: E) -> TokenizerError {
+    TokenizerError::Tokenizers(e.to_string())
+}
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TYPE_NORMAL: i32 = 1;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+
+/// A model's tokenizer plus the ids and flags generation needs.
+pub struct ModelTokenizer {
+    pub tokenizer: Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Token ids that end a generation: eos, and the end-of-turn token of the chat format.
+    pub stop_ids: Vec<u32>,
+    pub add_bos: bool,
+    pub vocab_size: usize,
+    /// Token text by id (as stored in the file), e.g. for chat template variables.
+    pub tokens: Vec<String>,
+}
+
+/// Byte-level BPE split regexes, as llama.cpp uses them for each `tokenizer.ggml.pre`.
+const REGEX_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
+    let v = file.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| TokenizerError::Metadata(key.into()))?;
+    v.iter()
+        .map(|x| x.to_string().map(|s| s.clone()).map_err(|_| TokenizerError::Metadata(key.into())))
+        .collect()
+}
+
+fn number_array(file: &GgufFile, key: &str) -> Result<Vec<f64>, TokenizerError> {
+    use candle_like::num;
+    let v = file.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| TokenizerError::Metadata(key.into()))?;
+    v.iter().map(|x| num(x).ok_or_else(|| TokenizerError::Metadata(key.into()))).collect()
+}
+
+/// Numeric conversion of GGUF metadata values.
+mod candle_like {
+    use candle_core::quantized::gguf_file::Value;
+    pub fn num(v: &Value) -> Option<f64> {
+        Some(match v {
+            Value::U8(x) => *x as f64,
+            Value::I8(x) => *x as f64,
+            Value::U16(x) => *x as f64,
+            Value::I16(x) => *x as f64,
+            Value::U32(x) => *x as f64,
+            Value::I32(x) => *x as f64,
+            Value::U64(x) => *x as f64,
+            Value::I64(x) => *x as f64,
+            Value::F32(x) => *x as f64,
+            Value::F64(x) => *x,
+            _ => return None,
+        })
+    }
+}
+
+fn opt_id(file: &GgufFile, key: &str) -> Option<u32> {
+    file.get_usize(key).ok().map(|v| v as u32)
+}
+
+impl ModelTokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        let model = file.get_str("tokenizer.ggml.model").map_err(|_| TokenizerError::Metadata("tokenizer.ggml.model".into()))?;
+        let tokens = string_array(file, "tokenizer.ggml.tokens")?;
+        let types: Vec<i32> = match number_array(file, "tokenizer.ggml.token_type") {
+            Ok(t) => t.into_iter().map(|x| x as i32).collect(),
+            Err(_) => vec![TYPE_NORMAL; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(TokenizerError::Metadata("tokenizer.ggml.token_type".into()));
+        }
+        let bos_id = opt_id(file, "tokenizer.ggml.bos_token_id");
+        let eos_id = opt_id(file, "tokenizer.ggml.eos_token_id");
+        let (mut tokenizer, default_add_bos) = match model {
+            "llama" => (build_spm(file, &tokens, &types)?, true),
+            "gpt2" => (build_bpe(file, &tokens, &types)?, false),
+            other => return Err(TokenizerError::Unsupported(other.into())),
+        };
+        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+
+        // Control tokens are special (skipped when decoding for display); user-defined ones are plain
+        // added tokens. Both are matched in text before the model splits it.
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == TYPE_CONTROL)
+            .map(|(s, _)| AddedToken::from(s.clone(), true).normalized(false))
+            .collect();
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == TYPE_USER_DEFINED)
+            .map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false))
+            .collect();
+        tokenizer.add_special_tokens(&special);
+        tokenizer.add_tokens(&user);
+
+        if add_bos {
+            if let Some(bos) = bos_id {
+                let bos_text = tokens.get(bos as usize).cloned().unwrap_or_default();
+                let post = TemplateProcessing::builder()
+                    .try_single(format!("{bos_text}:0 $A:0"))
+                    .and_then(|b| b.try_pair(format!("{bos_text}:0 $A:0 $B:1")))
+                    .map_err(tk)?
+                    .special_tokens(vec![(bos_text, bos)])
+                    .build()
+                    .map_err(tk)?;
+                tokenizer.with_post_processor(Some(post));
+            }
+        }
+
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        if let Some(eot) = opt_id(file, "tokenizer.ggml.eot_token_id") {
+            stop_ids.push(eot);
+        }
+        // Like llama.cpp: end-of-turn markers of known chat formats stop generation too.
+        for marker in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
+            if let Some(id) = tokens.iter().position(|t| t == marker) {
+                let id = id as u32;
+                if types.get(id as usize) == Some(&TYPE_CONTROL) && !stop_ids.contains(&id) {
+                    stop_ids.push(id);
+                }
+            }
+        }
+        Ok(Self { tokenizer, bos_id, eos_id, stop_ids, add_bos, vocab_size: tokens.len(), tokens })
+    }
+
+    /// Token ids of `text`: special tokens in the text are parsed; bos is added when `add_bos` and the
+    /// model asks for it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.tokenizer.encode_fast(text, add_bos && self.add_bos).map_err(tk)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; with `skip_special` control tokens are left out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.tokenizer.decode(ids, skip_special).map_err(tk)
+    }
+
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(|s| s.as_str())
+    }
+}
+
+/// SentencePiece BPE: merges derived from scores, spaces as `▁`, byte fallback.
+fn build_spm(file: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokenizer, TokenizerError> {
+    let scores = number_array(file, "tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(TokenizerError::Metadata("tokenizer.ggml.scores".into()));
+    }
+    let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    // Normal tokens that can result from merging two other normal tokens, best score first.
+    let normal: HashMap<&str, u32> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == TYPE_NORMAL)
+        .map(|(i, t)| (t.as_str(), i as u32))
+        .collect();
+    let mut merges: Vec<(f64, u32, usize, String, String)> = Vec::new();
+    for (&piece, &id) in &normal {
+        let mut split_points = piece.char_indices().map(|(i, _)| i).skip(1).peekable();
+        if split_points.peek().is_none() {
+            continue;
+        }
+        for at in split_points {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&lid), Some(&rid)) = (normal.get(l), normal.get(r)) {
+                let _ = (lid, rid);
+                merges.push((scores[id as usize], id, at, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect();
+    let unk = opt_id(file, "tokenizer.ggml.unknown_token_id")
+        .and_then(|id| tokens.get(id as usize).cloned())
+        .unwrap_or_else(|| "<unk>".into());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(tk)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let replace: NormalizerWrapper = Replace::new(" ", "▁").map_err(tk)?.into();
+    let normalizer: NormalizerWrapper = if space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), replace]).into()
+    } else {
+        replace
+    };
+    tokenizer.with_normalizer(Some(normalizer));
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ").map_err(tk)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if space_prefix {
+        decoders.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+/// Byte-level BPE with the file's merges and the declared pre-tokenizer.
+fn build_bpe(file: &GgufFile, tokens: &[String], _types: &[i32]) -> Result<Tokenizer, TokenizerError> {
+    let merges_raw = string_array(file, "tokenizer.ggml.merges")?;
+    let merges: Vec<(String, String)> = merges_raw
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| TokenizerError::Metadata("tokenizer.ggml.merges".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(matches!(pre, "llama-bpe" | "llama3" | "llama-v3"))
+        .build()
+        .map_err(tk)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let split = |re: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
+        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(tk)?
+            .into())
+    };
+    let byte_level_only: PreTokenizerWrapper = ByteLevel::new(false, false, false).into();
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "qwen2" | "deepseek-r1-qwen" => PreSequence::new(vec![split(REGEX_QWEN2)?, byte_level_only]).into(),
+        "llama-bpe" | "llama3" | "llama-v3" => PreSequence::new(vec![split(REGEX_LLAMA3)?, byte_level_only]).into(),
+        "smollm" | "starcoder" | "refact" | "codeshell" => PreSequence::new(vec![
+            Digits::new(true).into(),
+            split(REGEX_GPT2)?,
+            byte_level_only,
+        ])
+        .into(),
+        _ => PreSequence::new(vec![split(REGEX_GPT2)?, byte_level_only]).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}

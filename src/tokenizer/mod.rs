@@ -1,0 +1,7 @@
+//! Tokenization: a `tokenizers::Tokenizer` built from GGUF metadata, the model's special ids, and an
+//! incremental detokenizer for streaming.
+pub mod detokenizer;
+pub mod gguf_tokenizer;
+
+pub use detokenizer::IncrementalDecoder;
+pub use gguf_tokenizer::{ModelTokenizer, TokenizerError};

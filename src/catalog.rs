@@ -90,7 +90,9 @@ pub fn models_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("INHAUS_MODELS").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("inhaus").join("models")
 }
 
@@ -108,15 +110,33 @@ pub fn resolve(name: &str) -> Result<ResolvedModel, CatalogError> {
     if let Some(entry) = find(name) {
         let path = entry.path_in(&models_dir());
         if !path.is_file() {
-            return Err(CatalogError::NotFetched { alias: name.into(), path: path.display().to_string() });
+            return Err(CatalogError::NotFetched {
+                alias: name.into(),
+                path: path.display().to_string(),
+            });
         }
-        return Ok(ResolvedModel { name: name.into(), path, entry: Some(entry) });
+        return Ok(ResolvedModel {
+            name: name.into(),
+            path,
+            entry: Some(entry),
+        });
     }
     let path = PathBuf::from(name);
     if path.is_file() {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.into());
-        let entry = entries().iter().find(|e| path.file_name().map(|f| f == e.file.as_str()).unwrap_or(false));
-        return Ok(ResolvedModel { name: entry.map(|e| e.alias.clone()).unwrap_or(stem), path, entry });
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.into());
+        let entry = entries().iter().find(|e| {
+            path.file_name()
+                .map(|f| f == e.file.as_str())
+                .unwrap_or(false)
+        });
+        return Ok(ResolvedModel {
+            name: entry.map(|e| e.alias.clone()).unwrap_or(stem),
+            path,
+            entry,
+        });
     }
     let aliases: Vec<&str> = entries().iter().map(|e| e.alias.as_str()).collect();
     Err(CatalogError::Unknown(name.into(), aliases.join(", ")))

@@ -39,9 +39,17 @@ pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
         Ok(t) => Some(t.to_string()),
         Err(_) => builtin_template(&model.config.architecture).map(str::to_string),
     };
-    let text_of = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
+    let text_of = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.token_text(i))
+            .unwrap_or("")
+            .to_string()
+    };
     let chat_template = match source {
-        Some(s) => Some(ChatTemplate::new(&s, &text_of(tokenizer.bos_id), &text_of(tokenizer.eos_id))?),
+        Some(s) => Some(ChatTemplate::new(
+            &s,
+            &text_of(tokenizer.bos_id),
+            &text_of(tokenizer.eos_id),
+        )?),
         None => None,
     };
     tracing::info!(
@@ -52,5 +60,11 @@ pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
         secs = format!("{:.2}", start.elapsed().as_secs_f64()),
         "model loaded"
     );
-    Ok(LoadedModel { name: resolved.name.clone(), resolved, model, tokenizer, chat_template })
+    Ok(LoadedModel {
+        name: resolved.name.clone(),
+        resolved,
+        model,
+        tokenizer,
+        chat_template,
+    })
 }

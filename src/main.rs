@@ -7,10 +7,13 @@ use inhaus::engine::sampler::SamplingParams;
 use inhaus::loader;
 use inhaus::tokenizer::IncrementalDecoder;
 use std::io::Write;
-use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "inhaus", version, about = "On-premises inference server for open-weight language models")]
+#[command(
+    name = "inhaus",
+    version,
+    about = "On-premises inference server for open-weight language models"
+)]
 struct Cli {
     /// Compute threads (default: all cores).
     #[arg(long, global = true, env = "INHAUS_THREADS")]
@@ -67,8 +70,15 @@ enum Command {
 }
 
 fn init_threads(threads: Option<usize>) -> Result<usize> {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("starting the thread pool")?;
     Ok(n)
 }
 
@@ -80,16 +90,30 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let cli = Cli::parse();
     let threads = init_threads(cli.threads)?;
     match cli.command {
-        Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed, ignore_eos, chat, system } => {
+        Command::Generate {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            chat,
+            system,
+        } => {
             let m = loader::load(&model_name(model))?;
             let ids = if chat {
-                let Some(t) = &m.chat_template else { bail!("model {} has no chat template", m.name) };
+                let Some(t) = &m.chat_template else {
+                    bail!("model {} has no chat template", m.name)
+                };
                 let mut msgs = Vec::new();
                 if let Some(s) = system {
                     msgs.push(ChatMessage::new("system", &s));
@@ -108,7 +132,13 @@ fn main() -> Result<()> {
             };
             let opts = GenerateOptions {
                 max_tokens,
-                sampling: SamplingParams { temperature, top_k, top_p, min_p: 0.0, seed },
+                sampling: SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p: 0.0,
+                    seed,
+                },
                 ignore_eos,
                 stop_ids: m.tokenizer.stop_ids.clone(),
                 prefill_chunk: 512,
@@ -153,19 +183,27 @@ fn main() -> Result<()> {
             let ids = m.tokenizer.encode(&text, false)?;
             println!("{}", serde_json::json!({ "ids": ids }));
         }
-        Command::Bench { model, prompt_tokens, gen_tokens, repeats } => {
+        Command::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            repeats,
+        } => {
             let m = loader::load(&model_name(model))?;
             let report = bench(&m, prompt_tokens, gen_tokens, repeats.max(1))?;
-            println!("{}", serde_json::json!({
-                "model": m.name,
-                "threads": threads,
-                "simd": inhaus_kernels::cpu::simd_level().name(),
-                "prompt_tokens": prompt_tokens,
-                "gen_tokens": gen_tokens,
-                "repeats": repeats,
-                "prefill_tok_s": report.0,
-                "decode_tok_s": report.1,
-            }));
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": m.name,
+                    "threads": threads,
+                    "simd": inhaus_kernels::cpu::simd_level().name(),
+                    "prompt_tokens": prompt_tokens,
+                    "gen_tokens": gen_tokens,
+                    "repeats": repeats,
+                    "prefill_tok_s": report.0,
+                    "decode_tok_s": report.1,
+                })
+            );
         }
     }
     Ok(())
@@ -182,7 +220,7 @@ fn bench(m: &loader::LoadedModel, prompt: usize, gen: usize, repeats: usize) -> 
         state ^= state << 17;
         (1000 + state % (vocab.min(30_000) - 1000)) as u32
     };
-    let prompt_ids: Vec<u32> = (0..prompt).map(|_| next()).collect();
+    let prompt_ids: Vec<u32> = (0..prompt.max(1)).map(|_| next()).collect();
     let opts = |max_tokens| GenerateOptions {
         max_tokens,
         sampling: SamplingParams::default(),
@@ -191,7 +229,12 @@ fn bench(m: &loader::LoadedModel, prompt: usize, gen: usize, repeats: usize) -> 
         prefill_chunk: prompt.max(1),
     };
     // Warm-up: page in the weights.
-    generate(&m.model, &prompt_ids[..prompt.min(16).max(1)], &opts(2), |_, _| true)?;
+    generate(
+        &m.model,
+        &prompt_ids[..prompt.clamp(1, 16)],
+        &opts(2),
+        |_, _| true,
+    )?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..repeats {
@@ -201,9 +244,7 @@ fn bench(m: &loader::LoadedModel, prompt: usize, gen: usize, repeats: usize) -> 
         }
         if gen > 0 {
             let first = [prompt_ids[0]];
-            let t = Instant::now();
             let (_, s) = generate(&m.model, &first, &opts(gen + 1), |_, _| true)?;
-            let _ = t;
             tg.push(gen as f64 / s.decode_time.as_secs_f64());
         }
     }

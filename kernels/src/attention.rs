@@ -45,13 +45,26 @@ pub struct AttnParams {
 }
 
 /// Writes each token's K and V rows (`n_kv_heads * head_dim` f32) into the cache slots given.
-pub fn write_kv(k_cache: &mut [f16], v_cache: &mut [f16], slots: &[usize], k: &[f32], v: &[f32], kv_dim: usize) {
+pub fn write_kv(
+    k_cache: &mut [f16],
+    v_cache: &mut [f16],
+    slots: &[usize],
+    k: &[f32],
+    v: &[f32],
+    kv_dim: usize,
+) {
     for (t, &slot) in slots.iter().enumerate() {
         let dst = slot * kv_dim..(slot + 1) * kv_dim;
-        for (d, s) in k_cache[dst.clone()].iter_mut().zip(&k[t * kv_dim..(t + 1) * kv_dim]) {
+        for (d, s) in k_cache[dst.clone()]
+            .iter_mut()
+            .zip(&k[t * kv_dim..(t + 1) * kv_dim])
+        {
             *d = f16::from_f32(*s);
         }
-        for (d, s) in v_cache[dst].iter_mut().zip(&v[t * kv_dim..(t + 1) * kv_dim]) {
+        for (d, s) in v_cache[dst]
+            .iter_mut()
+            .zip(&v[t * kv_dim..(t + 1) * kv_dim])
+        {
             *d = f16::from_f32(*s);
         }
     }
@@ -78,46 +91,50 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    items.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, t, kvh)| {
-        let seq = &seqs[s];
-        let row = seq.token_start + t;
-        let pos = seq.first_pos + t;
-        let lo = match p.window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let n_keys = pos + 1 - lo;
-        scores.clear();
-        scores.resize(group * n_keys, 0.0);
-        let slot_of = |j: usize| {
-            seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
-        };
-        for (jj, j) in (lo..=pos).enumerate() {
-            let base = slot_of(j) * kv_dim + kvh * hd;
-            let k = &kv.k[base..base + hd];
-            for g in 0..group {
-                let h = kvh * group + g;
-                let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
-                let mut sc = dot_f32_f16(qh, k) * p.scale;
-                if let Some(cap) = p.softcap {
-                    sc = cap * (sc / cap).tanh();
-                }
-                scores[g * n_keys + jj] = sc;
-            }
-        }
-        for g in 0..group {
-            softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
-        }
-        let p_out = out_ptr;
-        for g in 0..group {
-            let h = kvh * group + g;
-            // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
-            let o = unsafe { std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd) };
-            o.fill(0.0);
+    items
+        .par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, t, kvh)| {
+            let seq = &seqs[s];
+            let row = seq.token_start + t;
+            let pos = seq.first_pos + t;
+            let lo = match p.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let n_keys = pos + 1 - lo;
+            scores.clear();
+            scores.resize(group * n_keys, 0.0);
+            let slot_of = |j: usize| {
+                seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
+            };
             for (jj, j) in (lo..=pos).enumerate() {
                 let base = slot_of(j) * kv_dim + kvh * hd;
-                axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+                let k = &kv.k[base..base + hd];
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
+                    let mut sc = dot_f32_f16(qh, k) * p.scale;
+                    if let Some(cap) = p.softcap {
+                        sc = cap * (sc / cap).tanh();
+                    }
+                    scores[g * n_keys + jj] = sc;
+                }
             }
-        }
-    });
+            for g in 0..group {
+                softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
+            }
+            let p_out = out_ptr;
+            for g in 0..group {
+                let h = kvh * group + g;
+                // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd)
+                };
+                o.fill(0.0);
+                for (jj, j) in (lo..=pos).enumerate() {
+                    let base = slot_of(j) * kv_dim + kvh * hd;
+                    axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+                }
+            }
+        });
 }

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 pub enum SimdLevel {
     Scalar,
     Avx2,
+    /// AVX2 plus AVX-512 VNNI (with VL and BW): `vpdpbusd` on 256-bit vectors.
+    Avx512Vnni,
 }
 
 impl SimdLevel {
@@ -13,6 +15,7 @@ impl SimdLevel {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512Vnni => "avx512vnni",
         }
     }
 }
@@ -20,7 +23,8 @@ impl SimdLevel {
 static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
 
 fn detect() -> SimdLevel {
-    if std::env::var("INHAUS_SIMD").map(|v| v == "scalar").unwrap_or(false) {
+    let cap = std::env::var("INHAUS_SIMD").ok();
+    if cap.as_deref() == Some("scalar") {
         return SimdLevel::Scalar;
     }
     #[cfg(target_arch = "x86_64")]
@@ -29,13 +33,20 @@ fn detect() -> SimdLevel {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            let vnni = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if vnni && cap.as_deref() != Some("avx2") {
+                return SimdLevel::Avx512Vnni;
+            }
             return SimdLevel::Avx2;
         }
     }
     SimdLevel::Scalar
 }
 
-/// The detected SIMD level (`INHAUS_SIMD=scalar` forces the portable path).
+/// The detected SIMD level (`INHAUS_SIMD=scalar` or `avx2` caps it, for tests and comparisons).
 pub fn simd_level() -> SimdLevel {
     *LEVEL.get_or_init(detect)
 }

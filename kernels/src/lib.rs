@@ -6,6 +6,9 @@
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
+// Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
+#![allow(clippy::needless_range_loop)]
+
 pub mod attention;
 pub mod cpu;
 pub mod dot;

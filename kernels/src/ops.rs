@@ -41,7 +41,13 @@ pub enum RopeStyle {
 }
 
 /// Cos/sin table of one position: `rot_dims / 2` angles `pos * freq_scale * base^(-2i/rot_dims)`.
-pub fn rope_angles(pos: usize, rot_dims: usize, base: f32, freq_scale: f32, out: &mut Vec<(f32, f32)>) {
+pub fn rope_angles(
+    pos: usize,
+    rot_dims: usize,
+    base: f32,
+    freq_scale: f32,
+    out: &mut Vec<(f32, f32)>,
+) {
     out.clear();
     let theta_scale = base.powf(-2.0 / rot_dims as f32);
     let mut theta = pos as f32;

@@ -190,9 +190,12 @@ const _: () = {
 /// alignment does not fit; callers check alignment once at load time.
 pub fn as_blocks<T>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
-    assert!(bytes.len() % size == 0, "byte length is not a whole number of blocks");
     assert!(
-        (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0,
+        bytes.len().is_multiple_of(size),
+        "byte length is not a whole number of blocks"
+    );
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
         "block data misaligned"
     );
     // SAFETY: length and alignment checked above; all block types are plain old data.
@@ -202,9 +205,12 @@ pub fn as_blocks<T>(bytes: &[u8]) -> &[T] {
 /// Mutable counterpart of [`as_blocks`].
 pub fn as_blocks_mut<T>(bytes: &mut [u8]) -> &mut [T] {
     let size = std::mem::size_of::<T>();
-    assert!(bytes.len() % size == 0, "byte length is not a whole number of blocks");
     assert!(
-        (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0,
+        bytes.len().is_multiple_of(size),
+        "byte length is not a whole number of blocks"
+    );
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
         "block data misaligned"
     );
     // SAFETY: as above; the caller holds the only reference.
@@ -239,7 +245,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4_0 => {
-            for (b, y) in as_blocks::<BlockQ4_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ4_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = b.d.to_f32();
                 for j in 0..QK / 2 {
                     y[j] = ((b.qs[j] & 0xF) as i32 - 8) as f32 * d;
@@ -248,7 +257,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4_1 => {
-            for (b, y) in as_blocks::<BlockQ4_1>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ4_1>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let (d, m) = (b.d.to_f32(), b.m.to_f32());
                 for j in 0..QK / 2 {
                     y[j] = (b.qs[j] & 0xF) as f32 * d + m;
@@ -257,7 +269,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_0 => {
-            for (b, y) in as_blocks::<BlockQ5_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ5_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = b.d.to_f32();
                 let qh = u32::from_le_bytes(b.qh);
                 for j in 0..QK / 2 {
@@ -269,7 +284,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_1 => {
-            for (b, y) in as_blocks::<BlockQ5_1>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ5_1>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let (d, m) = (b.d.to_f32(), b.m.to_f32());
                 let qh = u32::from_le_bytes(b.qh);
                 for j in 0..QK / 2 {
@@ -281,7 +299,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q8_0 => {
-            for (b, y) in as_blocks::<BlockQ8_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ8_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = b.d.to_f32();
                 for j in 0..QK {
                     y[j] = b.qs[j] as f32 * d;
@@ -289,7 +310,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q8_1 => {
-            for (b, y) in as_blocks::<BlockQ8_1>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in as_blocks::<BlockQ8_1>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = b.d.to_f32();
                 for j in 0..QK {
                     y[j] = b.qs[j] as f32 * d;
@@ -297,7 +321,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4K => {
-            for (b, y) in as_blocks::<BlockQ4K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in as_blocks::<BlockQ4K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
                 for c in 0..4 {
                     let (sc0, m0) = scale_min_k4(2 * c, &b.scales);
@@ -311,7 +338,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5K => {
-            for (b, y) in as_blocks::<BlockQ5K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in as_blocks::<BlockQ5K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
                 for c in 0..4 {
                     let (sc0, m0) = scale_min_k4(2 * c, &b.scales);
@@ -321,14 +351,19 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
                     for l in 0..32 {
                         let h0 = if b.qh[l] & u1 != 0 { 16 } else { 0 };
                         let h1 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
-                        y[64 * c + l] = d * sc0 as f32 * ((q[l] & 0xF) + h0) as f32 - dmin * m0 as f32;
-                        y[64 * c + 32 + l] = d * sc1 as f32 * ((q[l] >> 4) + h1) as f32 - dmin * m1 as f32;
+                        y[64 * c + l] =
+                            d * sc0 as f32 * ((q[l] & 0xF) + h0) as f32 - dmin * m0 as f32;
+                        y[64 * c + 32 + l] =
+                            d * sc1 as f32 * ((q[l] >> 4) + h1) as f32 - dmin * m1 as f32;
                     }
                 }
             }
         }
         GgmlType::Q6K => {
-            for (b, y) in as_blocks::<BlockQ6K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in as_blocks::<BlockQ6K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let d = b.d.to_f32();
                 for half in 0..2 {
                     let ql = &b.ql[64 * half..];
@@ -350,7 +385,10 @@ pub fn dequantize_row(dtype: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q8K => {
-            for (b, y) in as_blocks::<BlockQ8K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in as_blocks::<BlockQ8K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 for j in 0..QK_K {
                     y[j] = b.qs[j] as f32 * b.d;
                 }

@@ -19,7 +19,10 @@ impl Rng {
     }
     /// Roughly normal values with occasional outliers, like real activations.
     fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| (self.next() % 10_000) as f32 / 10_000.0).sum::<f32>() - 2.0;
+        let s: f32 = (0..4)
+            .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
+            .sum::<f32>()
+            - 2.0;
         if self.next() % 97 == 0 {
             s * 8.0
         } else {
@@ -33,7 +36,9 @@ impl Rng {
 
 fn bytes_of<T>(v: &[T]) -> Vec<u8> {
     // SAFETY: plain-old-data blocks viewed as bytes.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)).to_vec() }
+    unsafe {
+        std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)).to_vec()
+    }
 }
 
 /// Quantizes `x` with candle (an independent encoder) and returns (bytes, candle's own decoding).
@@ -120,14 +125,22 @@ fn dot_products_agree_scalar_simd_and_float() {
             quantize_rows(partner, &x, 1, k, &mut ab);
             let mut xdeq = vec![0f32; k];
             dequantize_row(partner, ab.as_slice(), &mut xdeq);
-            let exact: f64 = wdeq.iter().zip(&xdeq).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let norm: f64 = wdeq.iter().zip(&xdeq).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let exact: f64 = wdeq
+                .iter()
+                .zip(&xdeq)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let norm: f64 = wdeq
+                .iter()
+                .zip(&xdeq)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
             let s = scalar::dot_fn(t).unwrap()(wb.as_slice(), ab.as_slice());
             assert!(
                 (s as f64 - exact).abs() <= 1e-4 * norm + 1e-3,
                 "{t:?} trial {trial}: scalar {s} vs exact {exact}"
             );
-            for level in [SimdLevel::Avx2] {
+            for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
                 if inhaus_kernels::cpu::simd_level() < level {
                     continue;
                 }
@@ -147,7 +160,13 @@ fn dot_products_agree_scalar_simd_and_float() {
 fn matmul_matches_naive() {
     let mut rng = Rng(7);
     let (rows, cols, m) = (67, 512, 5);
-    for t in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::F32] {
+    for t in [
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q5_0,
+        GgmlType::F32,
+    ] {
         let w = rng.vec(rows * cols);
         let (bytes, wdeq) = if t == GgmlType::F32 {
             (bytes_of(&w), w.clone())
@@ -156,16 +175,28 @@ fn matmul_matches_naive() {
         };
         let bytes = aligned(&bytes);
         let x = rng.vec(m * cols);
-        let mat = QMatrix { dtype: t, rows, cols, data: bytes.as_slice() };
+        let mat = QMatrix {
+            dtype: t,
+            rows,
+            cols,
+            data: bytes.as_slice(),
+        };
         let mut out = vec![0f32; m * rows];
         let mut scratch = AlignedBytes::default();
         matmul(&mat, &x, m, &mut out, &mut scratch);
         for i in 0..m {
             for r in 0..rows {
-                let exact: f32 = (0..cols).map(|c| wdeq[r * cols + c] * x[i * cols + c]).sum();
-                let scale: f32 = (0..cols).map(|c| (wdeq[r * cols + c] * x[i * cols + c]).abs()).sum();
+                let exact: f32 = (0..cols)
+                    .map(|c| wdeq[r * cols + c] * x[i * cols + c])
+                    .sum();
+                let scale: f32 = (0..cols)
+                    .map(|c| (wdeq[r * cols + c] * x[i * cols + c]).abs())
+                    .sum();
                 let got = out[i * rows + r];
-                assert!((got - exact).abs() <= 0.02 * scale + 1e-3, "{t:?} ({i},{r}): {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() <= 0.02 * scale + 1e-3,
+                    "{t:?} ({i},{r}): {got} vs {exact}"
+                );
             }
         }
     }
@@ -187,20 +218,42 @@ fn paged_attention_matches_contiguous_attention() {
     for (s, len) in lens.iter().enumerate() {
         let k = rng.vec(len * kv_dim);
         let v = rng.vec(len * kv_dim);
-        let slots: Vec<usize> =
-            (0..*len).map(|j| tables[s][j / bs] as usize * bs + j % bs).collect();
+        let slots: Vec<usize> = (0..*len)
+            .map(|j| tables[s][j / bs] as usize * bs + j % bs)
+            .collect();
         write_kv(&mut kc, &mut vc, &slots, &k, &v, kv_dim);
         keys.push(k);
         vals.push(v);
     }
     let seqs = [
-        AttnSeq { token_start: 0, n_tokens: 1, first_pos: 9, block_table: &tables[0] },
-        AttnSeq { token_start: 1, n_tokens: 5, first_pos: 0, block_table: &tables[1] },
+        AttnSeq {
+            token_start: 0,
+            n_tokens: 1,
+            first_pos: 9,
+            block_table: &tables[0],
+        },
+        AttnSeq {
+            token_start: 1,
+            n_tokens: 5,
+            first_pos: 0,
+            block_table: &tables[1],
+        },
     ];
     let q = rng.vec(6 * n_heads * hd);
     for window in [None, Some(3)] {
-        let p = AttnParams { n_heads, scale: 0.25, window, softcap: None };
-        let kv = KvLayer { k: &kc, v: &vc, block_size: bs, n_kv_heads: n_kv, head_dim: hd };
+        let p = AttnParams {
+            n_heads,
+            scale: 0.25,
+            window,
+            softcap: None,
+        };
+        let kv = KvLayer {
+            k: &kc,
+            v: &vc,
+            block_size: bs,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
         let mut out = vec![0f32; q.len()];
         paged_attention(&q, &mut out, &seqs, &kv, &p);
         for seq_i in 0..2 {
@@ -215,18 +268,30 @@ fn paged_attention_matches_contiguous_attention() {
                     let f16r = |x: f32| f16::from_f32(x).to_f32();
                     let mut sc: Vec<f32> = (lo..=pos)
                         .map(|j| {
-                            let k = &keys[seq_i][j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                            let k =
+                                &keys[seq_i][j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
                             qh.iter().zip(k).map(|(a, b)| a * f16r(*b)).sum::<f32>() * 0.25
                         })
                         .collect();
                     let mx = sc.iter().copied().fold(f32::MIN, f32::max);
-                    let sum: f32 = sc.iter_mut().map(|s| { *s = (*s - mx).exp(); *s }).sum();
+                    let sum: f32 = sc
+                        .iter_mut()
+                        .map(|s| {
+                            *s = (*s - mx).exp();
+                            *s
+                        })
+                        .sum();
                     for d in 0..hd {
                         let exp: f32 = (lo..=pos)
-                            .map(|j| sc[j - lo] / sum * f16r(vals[seq_i][j * kv_dim + kvh * hd + d]))
+                            .map(|j| {
+                                sc[j - lo] / sum * f16r(vals[seq_i][j * kv_dim + kvh * hd + d])
+                            })
                             .sum();
                         let got = out[(row * n_heads + h) * hd + d];
-                        assert!((got - exp).abs() < 1e-4, "seq {seq_i} t {t} h {h} d {d}: {got} vs {exp}");
+                        assert!(
+                            (got - exp).abs() < 1e-4,
+                            "seq {seq_i} t {t} h {h} d {d}: {got} vs {exp}"
+                        );
                     }
                 }
             }

@@ -12,10 +12,17 @@ fn common(file: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let k = |name: &str| format!("{arch}.{name}");
     let hidden = file.get_usize(&k("embedding_length"))?;
     let n_heads = file.get_usize(&k("attention.head_count"))?;
-    let n_kv_heads = file.get_usize(&k("attention.head_count_kv")).unwrap_or(n_heads);
-    let head_dim = file.get_usize(&k("attention.key_length")).unwrap_or(hidden / n_heads);
+    let n_kv_heads = file
+        .get_usize(&k("attention.head_count_kv"))
+        .unwrap_or(n_heads);
+    let head_dim = file
+        .get_usize(&k("attention.key_length"))
+        .unwrap_or(hidden / n_heads);
     let n_layers = file.get_usize(&k("block_count"))?;
-    let vocab = match file.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
+    let vocab = match file
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+    {
         Some(t) => t.len(),
         None => file.tensor("token_embd.weight")?.dims[0],
     };
@@ -25,7 +32,9 @@ fn common(file: &GgufFile, arch: &str) -> Result<ModelConfig> {
         _ => 1.0,
     };
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(ModelError::Unsupported(format!("{n_heads} query heads over {n_kv_heads} KV heads")));
+        return Err(ModelError::Unsupported(format!(
+            "{n_heads} query heads over {n_kv_heads} KV heads"
+        )));
     }
     Ok(ModelConfig {
         architecture: arch.to_string(),
@@ -37,16 +46,26 @@ fn common(file: &GgufFile, arch: &str) -> Result<ModelConfig> {
         ffn: file.get_usize(&k("feed_forward_length"))?,
         vocab,
         context_len: file.get_usize(&k("context_length")).unwrap_or(4096),
-        rms_eps: file.get_f32(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+        rms_eps: file
+            .get_f32(&k("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-6),
         embed_scale: None,
         rope_style: RopeStyle::Neox,
-        rope_dims: file.get_usize(&k("rope.dimension_count")).unwrap_or(head_dim),
+        rope_dims: file
+            .get_usize(&k("rope.dimension_count"))
+            .unwrap_or(head_dim),
         rope_freq_scale,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         attn_softcap: None,
         final_softcap: None,
         activation: Activation::Silu,
-        layers: vec![LayerSpec { rope_base, window: None }; n_layers],
+        layers: vec![
+            LayerSpec {
+                rope_base,
+                window: None
+            };
+            n_layers
+        ],
     })
 }
 
@@ -63,9 +82,15 @@ fn gemma3(file: &GgufFile) -> Result<ModelConfig> {
     // Five sliding-window layers (RoPE base 10 000) then one global layer, repeating.
     for (i, l) in c.layers.iter_mut().enumerate() {
         *l = if i % 6 < 5 {
-            LayerSpec { rope_base: 10_000.0, window: Some(window) }
+            LayerSpec {
+                rope_base: 10_000.0,
+                window: Some(window),
+            }
         } else {
-            LayerSpec { rope_base: global_base, window: None }
+            LayerSpec {
+                rope_base: global_base,
+                window: None,
+            }
         };
     }
     Ok(c)

@@ -44,12 +44,19 @@ fn map_dtype(d: GgmlDType) -> Option<GgmlType> {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| ModelError::Io { path: path.display().to_string(), source };
+        let io = |source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let content = Content::read(&mut file).map_err(|e| ModelError::Gguf(e.to_string()))?;
         // SAFETY: the file is opened read-only and not modified while mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Ok(Self { path, content, mmap: Arc::new(mmap) })
+        Ok(Self {
+            path,
+            content,
+            mmap: Arc::new(mmap),
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -65,7 +72,9 @@ impl GgufFile {
 
     /// An integer of any GGUF integer type.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key).ok_or_else(|| ModelError::Metadata(key.into()))?;
+        let v = self
+            .get(key)
+            .ok_or_else(|| ModelError::Metadata(key.into()))?;
         let n = match v {
             Value::U8(x) => *x as i64,
             Value::I8(x) => *x as i64,
@@ -113,13 +122,22 @@ impl GgufFile {
         let elems: usize = dims.iter().product();
         let inner = *dims.last().unwrap_or(&1);
         if inner % dtype.block_elems() != 0 {
-            return Err(ModelError::Gguf(format!("tensor {name}: row of {inner} is not whole blocks")));
+            return Err(ModelError::Gguf(format!(
+                "tensor {name}: row of {inner} is not whole blocks"
+            )));
         }
         let len = elems / dtype.block_elems() * dtype.block_bytes();
         let offset = self.content.tensor_data_offset as usize + info.offset as usize;
         if offset + len > self.mmap.len() {
-            return Err(ModelError::Gguf(format!("tensor {name} extends past the end of the file")));
+            return Err(ModelError::Gguf(format!(
+                "tensor {name} extends past the end of the file"
+            )));
         }
-        Ok(TensorLocation { dtype, dims, offset, len })
+        Ok(TensorLocation {
+            dtype,
+            dims,
+            offset,
+            len,
+        })
     }
 }

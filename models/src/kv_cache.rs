@@ -40,7 +40,10 @@ impl KvCache {
     pub fn new(shape: KvCacheShape) -> Self {
         let n = shape.num_blocks * shape.block_size * shape.slot_elems();
         let layers = (0..shape.n_layers)
-            .map(|_| LayerKv { k: vec![f16::ZERO; n], v: vec![f16::ZERO; n] })
+            .map(|_| LayerKv {
+                k: vec![f16::ZERO; n],
+                v: vec![f16::ZERO; n],
+            })
             .collect();
         Self { shape, layers }
     }

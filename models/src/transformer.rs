@@ -179,28 +179,52 @@ impl Transformer {
             expect(&l.w_up, c.ffn, c.hidden, "ffn_up")?;
             expect(&l.w_down, c.hidden, c.ffn, "ffn_down")?;
         }
-        Ok(Self { config, tok_embd, layers, output_norm, output, scratch: Mutex::new(Scratch::default()) })
+        Ok(Self {
+            config,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            scratch: Mutex::new(Scratch::default()),
+        })
     }
 
     fn validate(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
         let c = &self.config;
         let shape = cache.shape;
-        if shape.n_layers != c.n_layers || shape.n_kv_heads != c.n_kv_heads || shape.head_dim != c.head_dim {
-            return Err(ModelError::InvalidBatch("KV cache shape does not fit the model".into()));
+        if shape.n_layers != c.n_layers
+            || shape.n_kv_heads != c.n_kv_heads
+            || shape.head_dim != c.head_dim
+        {
+            return Err(ModelError::InvalidBatch(
+                "KV cache shape does not fit the model".into(),
+            ));
         }
         for (i, s) in batch.seqs.iter().enumerate() {
             if s.tokens.is_empty() {
-                return Err(ModelError::InvalidBatch(format!("sequence {i} has no tokens")));
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i} has no tokens"
+                )));
             }
             if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(ModelError::InvalidBatch(format!("token id {t} is outside the vocabulary of {}", c.vocab)));
+                return Err(ModelError::InvalidBatch(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    c.vocab
+                )));
             }
             let end = s.start_pos + s.tokens.len();
             if s.block_table.len() * shape.block_size < end {
-                return Err(ModelError::InvalidBatch(format!("sequence {i}: block table too short for {end} positions")));
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i}: block table too short for {end} positions"
+                )));
             }
-            if s.block_table.iter().any(|&b| b as usize >= shape.num_blocks) {
-                return Err(ModelError::InvalidBatch(format!("sequence {i}: block id out of range")));
+            if s.block_table
+                .iter()
+                .any(|&b| b as usize >= shape.num_blocks)
+            {
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i}: block id out of range"
+                )));
             }
         }
         Ok(())
@@ -299,7 +323,12 @@ impl Transformer {
                 write_kv(&mut layer.k, &mut layer.v, &slots, k, v, kvd);
             }
             let attn = sized(&mut sc.attn, n * qd);
-            let params = AttnParams { n_heads: nh, scale: c.attn_scale, window: spec.window, softcap: c.attn_softcap };
+            let params = AttnParams {
+                n_heads: nh,
+                scale: c.attn_scale,
+                window: spec.window,
+                softcap: c.attn_softcap,
+            };
             paged_attention(q, attn, &attn_seqs, &cache.layer(li), &params);
             let o = sized(&mut sc.o, n * c.hidden);
             matmul(&lw.wo.as_qmatrix(), attn, n, o, &mut sc.act);
@@ -354,6 +383,10 @@ impl Transformer {
         if let Some(cap) = c.final_softcap {
             values.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
         }
-        Ok(StepLogits { vocab: c.vocab, values, seq_rows })
+        Ok(StepLogits {
+            vocab: c.vocab,
+            values,
+            seq_rows,
+        })
     }
 }

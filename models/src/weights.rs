@@ -23,13 +23,24 @@ impl Matrix {
         let loc = file.tensor(name)?;
         let (rows, cols) = match loc.dims.as_slice() {
             [r, c] => (*r, *c),
-            other => return Err(ModelError::Gguf(format!("tensor {name} has shape {other:?}, expected 2-D"))),
+            other => {
+                return Err(ModelError::Gguf(format!(
+                    "tensor {name} has shape {other:?}, expected 2-D"
+                )))
+            }
         };
         let align = std::mem::align_of::<f32>();
-        if (file.mmap.as_ptr() as usize + loc.offset) % align != 0 {
+        if !(file.mmap.as_ptr() as usize + loc.offset).is_multiple_of(align) {
             return Err(ModelError::Gguf(format!("tensor {name} is not aligned")));
         }
-        Ok(Self { dtype: loc.dtype, rows, cols, mmap: file.mmap.clone(), offset: loc.offset, len: loc.len })
+        Ok(Self {
+            dtype: loc.dtype,
+            rows,
+            cols,
+            mmap: file.mmap.clone(),
+            offset: loc.offset,
+            len: loc.len,
+        })
     }
 
     pub fn data(&self) -> &[u8] {
@@ -37,7 +48,12 @@ impl Matrix {
     }
 
     pub fn as_qmatrix(&self) -> QMatrix<'_> {
-        QMatrix { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.data() }
+        QMatrix {
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data(),
+        }
     }
 }
 
@@ -45,9 +61,16 @@ impl Matrix {
 pub fn load_vector(file: &GgufFile, name: &str) -> Result<Vec<f32>> {
     let loc = file.tensor(name)?;
     if loc.dims.len() != 1 {
-        return Err(ModelError::Gguf(format!("tensor {name} has shape {:?}, expected 1-D", loc.dims)));
+        return Err(ModelError::Gguf(format!(
+            "tensor {name} has shape {:?}, expected 1-D",
+            loc.dims
+        )));
     }
     let mut out = vec![0f32; loc.dims[0]];
-    dequantize_row(loc.dtype, &file.mmap[loc.offset..loc.offset + loc.len], &mut out);
+    dequantize_row(
+        loc.dtype,
+        &file.mmap[loc.offset..loc.offset + loc.len],
+        &mut out,
+    );
     Ok(out)
 }

@@ -62,7 +62,11 @@ pub fn generate(
                 tokens: &prompt[pos..end],
                 start_pos: pos,
                 block_table: &table,
-                logits: if last { LogitsWanted::Last } else { LogitsWanted::None },
+                logits: if last {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                },
             }],
         };
         let out = model.forward(&batch, &mut cache)?;

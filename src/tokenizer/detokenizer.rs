@@ -13,7 +13,12 @@ pub struct IncrementalDecoder {
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
-        Self { ids: Vec::new(), prefix: 0, read: 0, skip_special }
+        Self {
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+            skip_special,
+        }
     }
 
     /// Adds a token and returns the new text it completes (possibly empty).
@@ -21,7 +26,9 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
         let after = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
-        let fresh = after.get(before.len()..).filter(|_| after.len() > before.len());
+        let fresh = after
+            .get(before.len()..)
+            .filter(|_| after.len() > before.len());
         if let Some(new) = fresh.filter(|_| !after.ends_with('\u{FFFD}')) {
             let new = new.to_string();
             self.prefix = self.read;

@@ -57,41 +57,47 @@ pub struct ModelTokenizer {
 }
 
 /// Byte-level BPE split regexes, as llama.cpp uses them for each `tokenizer.ggml.pre`.
-const REGEX_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const REGEX_GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
-    let v = file.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| TokenizerError::Metadata(key.into()))?;
+    let v = file
+        .get(key)
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(|| TokenizerError::Metadata(key.into()))?;
     v.iter()
-        .map(|x| x.to_string().map(|s| s.clone()).map_err(|_| TokenizerError::Metadata(key.into())))
+        .map(|x| {
+            x.to_string()
+                .cloned()
+                .map_err(|_| TokenizerError::Metadata(key.into()))
+        })
         .collect()
 }
 
 fn number_array(file: &GgufFile, key: &str) -> Result<Vec<f64>, TokenizerError> {
-    use candle_like::num;
-    let v = file.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| TokenizerError::Metadata(key.into()))?;
-    v.iter().map(|x| num(x).ok_or_else(|| TokenizerError::Metadata(key.into()))).collect()
-}
-
-/// Numeric conversion of GGUF metadata values.
-mod candle_like {
     use candle_core::quantized::gguf_file::Value;
-    pub fn num(v: &Value) -> Option<f64> {
-        Some(match v {
-            Value::U8(x) => *x as f64,
-            Value::I8(x) => *x as f64,
-            Value::U16(x) => *x as f64,
-            Value::I16(x) => *x as f64,
-            Value::U32(x) => *x as f64,
-            Value::I32(x) => *x as f64,
-            Value::U64(x) => *x as f64,
-            Value::I64(x) => *x as f64,
-            Value::F32(x) => *x as f64,
-            Value::F64(x) => *x,
-            _ => return None,
+    let bad = || TokenizerError::Metadata(key.into());
+    let v = file
+        .get(key)
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(bad)?;
+    v.iter()
+        .map(|x| match x {
+            Value::U8(x) => Ok(*x as f64),
+            Value::I8(x) => Ok(*x as f64),
+            Value::U16(x) => Ok(*x as f64),
+            Value::I16(x) => Ok(*x as f64),
+            Value::U32(x) => Ok(*x as f64),
+            Value::I32(x) => Ok(*x as f64),
+            Value::U64(x) => Ok(*x as f64),
+            Value::I64(x) => Ok(*x as f64),
+            Value::F32(x) => Ok(*x as f64),
+            Value::F64(x) => Ok(*x),
+            _ => Err(bad()),
         })
-    }
+        .collect()
 }
 
 fn opt_id(file: &GgufFile, key: &str) -> Option<u32> {
@@ -100,7 +106,9 @@ fn opt_id(file: &GgufFile, key: &str) -> Option<u32> {
 
 impl ModelTokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
-        let model = file.get_str("tokenizer.ggml.model").map_err(|_| TokenizerError::Metadata("tokenizer.ggml.model".into()))?;
+        let model = file
+            .get_str("tokenizer.ggml.model")
+            .map_err(|_| TokenizerError::Metadata("tokenizer.ggml.model".into()))?;
         let tokens = string_array(file, "tokenizer.ggml.tokens")?;
         let types: Vec<i32> = match number_array(file, "tokenizer.ggml.token_type") {
             Ok(t) => t.into_iter().map(|x| x as i32).collect(),
@@ -116,7 +124,9 @@ impl ModelTokenizer {
             "gpt2" => (build_bpe(file, &tokens, &types)?, false),
             other => return Err(TokenizerError::Unsupported(other.into())),
         };
-        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+        let add_bos = file
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(default_add_bos);
 
         // Control tokens are special (skipped when decoding for display); user-defined ones are plain
         // added tokens. Both are matched in text before the model splits it.
@@ -154,7 +164,13 @@ impl ModelTokenizer {
             stop_ids.push(eot);
         }
         // Like llama.cpp: end-of-turn markers of known chat formats stop generation too.
-        for marker in ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
+        for marker in [
+            "<end_of_turn>",
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end|>",
+            "<|endoftext|>",
+        ] {
             if let Some(id) = tokens.iter().position(|t| t == marker) {
                 let id = id as u32;
                 if types.get(id as usize) == Some(&TYPE_CONTROL) && !stop_ids.contains(&id) {
@@ -162,13 +178,24 @@ impl ModelTokenizer {
                 }
             }
         }
-        Ok(Self { tokenizer, bos_id, eos_id, stop_ids, add_bos, vocab_size: tokens.len(), tokens })
+        Ok(Self {
+            tokenizer,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos,
+            vocab_size: tokens.len(),
+            tokens,
+        })
     }
 
     /// Token ids of `text`: special tokens in the text are parsed; bos is added when `add_bos` and the
     /// model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.tokenizer.encode_fast(text, add_bos && self.add_bos).map_err(tk)?;
+        let enc = self
+            .tokenizer
+            .encode_fast(text, add_bos && self.add_bos)
+            .map_err(tk)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -183,7 +210,11 @@ impl ModelTokenizer {
 }
 
 /// SentencePiece BPE: merges derived from scores, spaces as `▁`, byte fallback.
-fn build_spm(file: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokenizer, TokenizerError> {
+fn build_spm(
+    file: &GgufFile,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<Tokenizer, TokenizerError> {
     let scores = number_array(file, "tokenizer.ggml.scores")?;
     if scores.len() != tokens.len() {
         return Err(TokenizerError::Metadata("tokenizer.ggml.scores".into()));
@@ -207,8 +238,7 @@ fn build_spm(file: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokeni
         }
         for at in split_points {
             let (l, r) = piece.split_at(at);
-            if let (Some(&lid), Some(&rid)) = (normal.get(l), normal.get(r)) {
-                let _ = (lid, rid);
+            if normal.contains_key(l) && normal.contains_key(r) {
                 merges.push((scores[id as usize], id, at, l.to_string(), r.to_string()));
             }
         }
@@ -226,7 +256,9 @@ fn build_spm(file: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokeni
         .build()
         .map_err(tk)?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let space_prefix = file
+        .get_bool("tokenizer.ggml.add_space_prefix")
+        .unwrap_or(true);
     let replace: NormalizerWrapper = Replace::new(" ", "▁").map_err(tk)?.into();
     let normalizer: NormalizerWrapper = if space_prefix {
         NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), replace]).into()
@@ -247,7 +279,11 @@ fn build_spm(file: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokeni
 }
 
 /// Byte-level BPE with the file's merges and the declared pre-tokenizer.
-fn build_bpe(file: &GgufFile, tokens: &[String], _types: &[i32]) -> Result<Tokenizer, TokenizerError> {
+fn build_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    _types: &[i32],
+) -> Result<Tokenizer, TokenizerError> {
     let merges_raw = string_array(file, "tokenizer.ggml.merges")?;
     let merges: Vec<(String, String)> = merges_raw
         .iter()
@@ -269,14 +305,22 @@ fn build_bpe(file: &GgufFile, tokens: &[String], _types: &[i32]) -> Result<Token
         .map_err(tk)?;
     let mut tokenizer = Tokenizer::new(bpe);
     let split = |re: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
-        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(tk)?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tk)?
+        .into())
     };
     let byte_level_only: PreTokenizerWrapper = ByteLevel::new(false, false, false).into();
     let pre_tokenizer: PreTokenizerWrapper = match pre {
-        "qwen2" | "deepseek-r1-qwen" => PreSequence::new(vec![split(REGEX_QWEN2)?, byte_level_only]).into(),
-        "llama-bpe" | "llama3" | "llama-v3" => PreSequence::new(vec![split(REGEX_LLAMA3)?, byte_level_only]).into(),
+        "qwen2" | "deepseek-r1-qwen" => {
+            PreSequence::new(vec![split(REGEX_QWEN2)?, byte_level_only]).into()
+        }
+        "llama-bpe" | "llama3" | "llama-v3" => {
+            PreSequence::new(vec![split(REGEX_LLAMA3)?, byte_level_only]).into()
+        }
         "smollm" | "starcoder" | "refact" | "codeshell" => PreSequence::new(vec![
             Digits::new(true).into(),
             split(REGEX_GPT2)?,

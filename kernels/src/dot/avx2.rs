@@ -9,14 +9,33 @@ use std::arch::x86_64::*;
 pub fn dot_fn(weight: GgmlType) -> Option<DotFn> {
     // Each wrapper is only handed out after `simd_level()` confirmed AVX2/FMA/F16C.
     Some(match weight {
-        GgmlType::Q4_0 => |w, a| unsafe { q4_0_q8_0(w, a) },
-        GgmlType::Q4_1 => |w, a| unsafe { q4_1_q8_1(w, a) },
-        GgmlType::Q5_0 => |w, a| unsafe { q5_0_q8_0(w, a) },
-        GgmlType::Q8_0 => |w, a| unsafe { q8_0_q8_0(w, a) },
+        GgmlType::Q4_0 => |w, a| unsafe { plain::q4_0_q8_0(w, a) },
+        GgmlType::Q4_1 => |w, a| unsafe { plain::q4_1_q8_1(w, a) },
+        GgmlType::Q5_0 => |w, a| unsafe { plain::q5_0_q8_0(w, a) },
+        GgmlType::Q8_0 => |w, a| unsafe { plain::q8_0_q8_0(w, a) },
         GgmlType::Q4K => |w, a| unsafe { q4k_q8k(w, a) },
         GgmlType::Q6K => |w, a| unsafe { q6k_q8k(w, a) },
         _ => return None,
     })
+}
+
+/// The AVX-512 VNNI kernels where they differ from AVX2; `None` falls back to [`dot_fn`].
+pub fn dot_fn_vnni(weight: GgmlType) -> Option<DotFn> {
+    // Each wrapper is only handed out after `simd_level()` confirmed AVX-512 VNNI/VL/BW.
+    Some(match weight {
+        GgmlType::Q4_0 => |w, a| unsafe { vnni::q4_0_q8_0(w, a) },
+        GgmlType::Q4_1 => |w, a| unsafe { vnni::q4_1_q8_1(w, a) },
+        GgmlType::Q5_0 => |w, a| unsafe { vnni::q5_0_q8_0(w, a) },
+        GgmlType::Q8_0 => |w, a| unsafe { vnni::q8_0_q8_0(w, a) },
+        _ => return None,
+    })
+}
+
+/// f16 → f32 with the F16C instruction (the `half` crate dispatches at run time on every call).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f(h: half::f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
 #[inline]
@@ -73,64 +92,101 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (as_blocks::<BlockQ8_0>(w), as_blocks::<BlockQ8_0>(a));
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in w.iter().zip(a) {
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-        let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_ps(acc)
+/// The kernels of the 32-element block formats, generated once per integer-product flavour.
+macro_rules! block32_kernels {
+    ($feat:literal, $mul_i8:path, $mul_u8:path) => {
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (as_blocks::<BlockQ8_0>(w), as_blocks::<BlockQ8_0>(a));
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in w.iter().zip(a) {
+                let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+                let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc = _mm256_fmadd_ps(d, $mul_i8(qx, qy), acc);
+            }
+            hsum_ps(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (as_blocks::<BlockQ4_0>(w), as_blocks::<BlockQ8_0>(a));
+            let mut acc = _mm256_setzero_ps();
+            let off = _mm256_set1_epi8(8);
+            for (x, y) in w.iter().zip(a) {
+                let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+                let qx = _mm256_sub_epi8(nibbles_32(x.qs.as_ptr()), off);
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc = _mm256_fmadd_ps(d, $mul_i8(qx, qy), acc);
+            }
+            hsum_ps(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
+            let mut acc = _mm256_setzero_ps();
+            let mut offset = 0f32;
+            for (x, y) in w.iter().zip(a) {
+                offset += h2f(x.m) * h2f(y.s);
+                let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+                let qx = nibbles_32(x.qs.as_ptr());
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc = _mm256_fmadd_ps(d, $mul_u8(qx, qy), acc);
+            }
+            hsum_ps(acc) + offset
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (as_blocks::<BlockQ5_0>(w), as_blocks::<BlockQ8_0>(a));
+            let mut acc = _mm256_setzero_ps();
+            let high_off = _mm256_set1_epi8(0xF0u8 as i8);
+            for (x, y) in w.iter().zip(a) {
+                let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+                let lo = nibbles_32(x.qs.as_ptr());
+                // value = (nibble | hbit<<4) - 16: where the high bit is clear that is nibble - 16 = nibble | 0xF0
+                // as a signed byte; where it is set it is the nibble itself.
+                let hbits = bits_to_bytes(u32::from_le_bytes(x.qh));
+                let qx = _mm256_or_si256(lo, _mm256_andnot_si256(hbits, high_off));
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc = _mm256_fmadd_ps(d, $mul_i8(qx, qy), acc);
+            }
+            hsum_ps(acc)
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (as_blocks::<BlockQ4_0>(w), as_blocks::<BlockQ8_0>(a));
-    let mut acc = _mm256_setzero_ps();
-    let off = _mm256_set1_epi8(8);
-    for (x, y) in w.iter().zip(a) {
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-        let qx = _mm256_sub_epi8(nibbles_32(x.qs.as_ptr()), off);
-        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_ps(acc)
+/// AVX2 flavour: `maddubs` + `madd`.
+pub mod plain {
+    use super::*;
+    block32_kernels!("avx2,fma,f16c", mul_sum_i8, mul_sum_u8_i8);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        offset += x.m.to_f32() * y.s.to_f32();
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-        let qx = nibbles_32(x.qs.as_ptr());
-        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_u8_i8(qx, qy), acc);
-    }
-    hsum_ps(acc) + offset
+/// AVX-512 VNNI flavour (256-bit, EVEX): one `vpdpbusd` per 32 products, no 16-bit intermediate.
+pub mod vnni {
+    use super::*;
+    block32_kernels!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        mul_sum_i8_vnni,
+        mul_sum_u8_i8_vnni
+    );
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (as_blocks::<BlockQ5_0>(w), as_blocks::<BlockQ8_0>(a));
-    let mut acc = _mm256_setzero_ps();
-    let high_off = _mm256_set1_epi8(0xF0u8 as i8);
-    for (x, y) in w.iter().zip(a) {
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-        let lo = nibbles_32(x.qs.as_ptr());
-        // value = (nibble | hbit<<4) - 16: where the high bit is clear that is nibble - 16 = nibble | 0xF0
-        // as a signed byte; where it is set it is the nibble itself.
-        let hbits = bits_to_bytes(u32::from_le_bytes(x.qh));
-        let qx = _mm256_or_si256(lo, _mm256_andnot_si256(hbits, high_off));
-        let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_ps(acc)
+/// Sum of products of signed bytes with VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn mul_sum_i8_vnni(x: __m256i, y: __m256i) -> __m256 {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
+}
+
+/// Sum of products of unsigned × signed bytes with VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn mul_sum_u8_i8_vnni(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -151,7 +207,7 @@ pub unsafe fn q4k_q8k(w: &[u8], a: &[u8]) -> f32 {
         for j in 0..8 {
             summ += mn[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
         }
-        mins_total += y.d * x.dmin.to_f32() * summ as f32;
+        mins_total += y.d * h2f(x.dmin) * summ as f32;
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
             let q4 = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c) as *const __m256i);
@@ -169,7 +225,7 @@ pub unsafe fn q4k_q8k(w: &[u8], a: &[u8]) -> f32 {
             );
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-        let d = _mm256_set1_ps(y.d * x.d.to_f32());
+        let d = _mm256_set1_ps(y.d * h2f(x.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - mins_total
@@ -203,10 +259,8 @@ pub unsafe fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
             ];
             for (g, qg) in q.iter().enumerate() {
                 let a8 = _mm256_loadu_si256(q8.add(32 * g) as *const __m256i);
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(*qg, a8),
-                    _mm256_maddubs_epi16(m32, a8),
-                );
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qg, a8), _mm256_maddubs_epi16(m32, a8));
                 let scales = _mm256_set_m128i(
                     _mm_set1_epi16(sc[2 * g + 1] as i16),
                     _mm_set1_epi16(sc[2 * g] as i16),
@@ -214,7 +268,7 @@ pub unsafe fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
             }
         }
-        let d = _mm256_set1_ps(y.d * x.d.to_f32());
+        let d = _mm256_set1_ps(y.d * h2f(x.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
@@ -227,7 +281,11 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc1 = _mm256_setzero_ps();
     let mut i = 0;
     while i + 16 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
+        acc0 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i)),
+            _mm256_loadu_ps(b.as_ptr().add(i)),
+            acc0,
+        );
         acc1 = _mm256_fmadd_ps(
             _mm256_loadu_ps(a.as_ptr().add(i + 8)),
             _mm256_loadu_ps(b.as_ptr().add(i + 8)),

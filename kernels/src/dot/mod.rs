@@ -15,6 +15,12 @@ pub type DotFn = fn(&[u8], &[u8]) -> f32;
 /// The dot product for `weight` against its activation partner at the given SIMD level.
 pub fn dot_fn_at(weight: GgmlType, level: SimdLevel) -> Option<DotFn> {
     #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Avx512Vnni {
+        if let Some(f) = avx2::dot_fn_vnni(weight) {
+            return Some(f);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if level >= SimdLevel::Avx2 {
         if let Some(f) = avx2::dot_fn(weight) {
             return Some(f);

@@ -20,7 +20,11 @@ pub fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (as_blocks::<BlockQ8_0>(w), as_blocks::<BlockQ8_0>(a));
     let mut sum = 0f32;
     for (x, y) in w.iter().zip(a) {
-        let s: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let s: i32 =
+            x.qs.iter()
+                .zip(&y.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += s as f32 * x.d.to_f32() * y.d.to_f32();
     }
     sum

@@ -1,0 +1,80 @@
+//! The `inhaus` binary as a user runs it: `tokenize` prints llama.cpp's ids as JSON; `generate` streams
+//! only the generated text to stdout and ends stderr with the timing line.
+mod common;
+use common::*;
+use std::process::Command;
+
+fn inhaus(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inhaus"))
+        .args(args)
+        .output()
+        .expect("run inhaus")
+}
+
+#[test]
+fn tokenize_prints_reference_ids() {
+    ensure_model("gemma-3-270m");
+    let fx = fixture("gemma-3-270m", "tokenize.json");
+    for case in fx["cases"].as_array().expect("cases").iter().take(6) {
+        let text = case["text"].as_str().expect("text");
+        let out = inhaus(&["tokenize", "--model", "gemma-3-270m", "--", text]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        assert_eq!(ids(&v["ids"]), ids(&case["ids"]), "{text:?}");
+    }
+}
+
+#[test]
+fn generate_streams_reference_greedy_text() {
+    ensure_model("gemma-3-270m");
+    let m = model("gemma-3-270m");
+    let fx = fixture("gemma-3-270m", "greedy.json");
+    let case = &fx["cases"][0];
+    let prompt = case["prompt"].as_str().expect("prompt");
+    let want: Vec<u32> = case["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .take(8)
+        .map(|s| s["token"].as_u64().unwrap_or(0) as u32)
+        .collect();
+    let out = inhaus(&[
+        "generate",
+        "--model",
+        "gemma-3-270m",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--ignore-eos",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let expected = m.tokenizer.decode(&want, true).expect("decode");
+    assert_eq!(stdout.trim_end_matches('\n'), expected);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("prompt: ")
+            && last.contains(" tokens in ")
+            && last.contains("; decode: 8 tokens in ")
+            && last.ends_with("tok/s)"),
+        "timing line: {last:?}"
+    );
+}
+
+#[test]
+fn unknown_model_is_a_clear_error() {
+    let out = inhaus(&["tokenize", "--model", "no-such-model", "hi"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown model `no-such-model`"), "{stderr}");
+}

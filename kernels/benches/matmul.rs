@@ -1,7 +1,8 @@
 //! Matmul throughput per weight format for the shapes of the project's models, decode (m = 1) and
 //! prefill (m = 64). Prints weight GB/s (decode is memory-bound: compare with the machine's bandwidth).
 //! Run: cargo bench -p inhaus-kernels --bench matmul
-use inhaus_kernels::matmul::{matmul, QMatrix};
+use inhaus_kernels::matmul::{matmul, matmul_packed, QMatrix};
+use inhaus_kernels::packed::PackedMatrix;
 use inhaus_kernels::quant::GgmlType;
 use inhaus_kernels::quantize::AlignedBytes;
 use std::time::Instant;
@@ -32,13 +33,23 @@ fn main() {
             cols,
             data: data.as_slice(),
         };
-        for m in [1usize, 64] {
+        let packed = PackedMatrix::pack(t, rows, cols, data.as_slice());
+        for (m, use_packed) in [(1usize, false), (64, false), (1, true), (64, true)] {
+            if use_packed && packed.is_none() {
+                continue;
+            }
+            let run = |x: &[f32], out: &mut [f32], scratch: &mut AlignedBytes| match (
+                &packed, use_packed,
+            ) {
+                (Some(p), true) => matmul_packed(p, x, m, out, scratch),
+                _ => matmul(&w, x, m, out, scratch),
+            };
             let x: Vec<f32> = (0..m * cols)
                 .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
                 .collect();
             let mut out = vec![0f32; m * rows];
             let mut scratch = AlignedBytes::default();
-            matmul(&w, &x, m, &mut out, &mut scratch);
+            run(&x, &mut out, &mut scratch);
             let iters = if m == 1 {
                 (400_000_000 / bytes).max(3)
             } else {
@@ -47,13 +58,14 @@ fn main() {
             let mut times = Vec::new();
             for _ in 0..iters {
                 let t0 = Instant::now();
-                matmul(&w, &x, m, &mut out, &mut scratch);
+                run(&x, &mut out, &mut scratch);
                 times.push(t0.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
             let med = times[times.len() / 2];
             println!(
-                "{name:28} m={m:3}: {:8.3} ms  {:6.1} GB/s weights  {:8.1} GFLOP/s",
+                "{name:28} {:6} m={m:3}: {:8.3} ms  {:6.1} GB/s weights  {:8.1} GFLOP/s",
+                if use_packed { "packed" } else { "rows" },
                 med * 1e3,
                 bytes as f64 / med / 1e9,
                 2.0 * (rows * cols * m) as f64 / med / 1e9

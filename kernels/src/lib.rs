@@ -4,6 +4,7 @@
 //! - [`quantize`]: activations quantized once per matmul to the weight format's 8-bit partner.
 //! - [`dot`]: one dot product per block format pair, scalar and SIMD, chosen at run time.
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
+//! - [`packed`]: 32-element block formats re-laid in 8-row groups for VNNI GEMV/GEMM.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
 // Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
@@ -14,6 +15,7 @@ pub mod cpu;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod quant;
 pub mod quantize;
 

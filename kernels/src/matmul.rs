@@ -4,10 +4,17 @@
 //! (all tokens of a step). Activations are quantized once to the weight's partner format, then threads
 //! claim chunks of weight rows and compute every token's output for them, so each weight row is read
 //! from memory once per call whatever the batch size.
+use crate::cpu::{simd_level, SimdLevel};
 use crate::dot::{dot_f32, dot_fn};
-use crate::quant::{dequantize_row, GgmlType};
+use crate::packed::{group_dot_scalar, quantize_row_q8a, BlockQ8A, PackedMatrix, GROUP};
+use crate::quant::{as_blocks, as_blocks_mut, dequantize_row, GgmlType, QK};
 use crate::quantize::{quantize_rows, AlignedBytes};
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use crate::packed::vnni::TILE;
+#[cfg(not(target_arch = "x86_64"))]
+const TILE: usize = 4;
 
 /// A borrowed weight matrix in GGUF layout: `rows` rows of `cols` elements of `dtype`.
 #[derive(Clone, Copy, Debug)]
@@ -88,4 +95,69 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
             });
         }
     }
+}
+
+/// `out[i * w.rows + r] = W[r] · x[i]` for a packed matrix (see [`crate::packed`]).
+pub fn matmul_packed(
+    w: &PackedMatrix,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    scratch: &mut AlignedBytes,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert!(x.len() >= m * cols, "activation rows too short");
+    assert!(out.len() >= m * rows, "output too short");
+    let nb = cols / QK;
+    let act_row = nb * std::mem::size_of::<BlockQ8A>();
+    scratch.resize(m * act_row);
+    for (xr, ar) in x[..m * cols]
+        .chunks_exact(cols)
+        .zip(scratch.as_mut_slice().chunks_exact_mut(act_row))
+    {
+        quantize_row_q8a(xr, as_blocks_mut(ar));
+    }
+    let acts: Vec<&[BlockQ8A]> = scratch
+        .as_slice()
+        .chunks_exact(act_row)
+        .map(as_blocks::<BlockQ8A>)
+        .collect();
+    let groups = rows / GROUP;
+    let chunk = chunk_rows(groups).min(64).max(1);
+    let n_chunks = groups.div_ceil(chunk);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let vnni = simd_level() >= SimdLevel::Avx512Vnni;
+    (0..n_chunks).into_par_iter().for_each(|c| {
+        let p = out_ptr;
+        let mut tile = [[0f32; GROUP]; TILE];
+        for g in c * chunk..((c + 1) * chunk).min(groups) {
+            for t0 in (0..m).step_by(TILE) {
+                let n_tok = TILE.min(m - t0);
+                let tile_acts = &acts[t0..t0 + n_tok];
+                #[cfg(target_arch = "x86_64")]
+                if vnni {
+                    // SAFETY: VNNI presence checked at run time.
+                    unsafe { crate::packed::vnni::group_tile(w, g, tile_acts, &mut tile) };
+                } else {
+                    for (t, a) in tile_acts.iter().enumerate() {
+                        group_dot_scalar(w, g, a, &mut tile[t]);
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                for (t, a) in tile_acts.iter().enumerate() {
+                    group_dot_scalar(w, g, a, &mut tile[t]);
+                }
+                for (t, vals) in tile.iter().enumerate().take(n_tok) {
+                    // SAFETY: rows 8g..8g+8 of token t0 + t belong to this task only.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            vals.as_ptr(),
+                            p.0.add((t0 + t) * rows + g * GROUP),
+                            GROUP,
+                        )
+                    };
+                }
+            }
+        }
+    });
 }

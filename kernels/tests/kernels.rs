@@ -298,3 +298,48 @@ fn paged_attention_matches_contiguous_attention() {
         }
     }
 }
+
+#[test]
+fn packed_matmul_matches_row_wise() {
+    use inhaus_kernels::matmul::matmul_packed;
+    use inhaus_kernels::packed::PackedMatrix;
+    let mut rng = Rng(11);
+    let (rows, cols) = (48, 320);
+    for t in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+    ] {
+        let w = rng.vec(rows * cols);
+        let (bytes, wdeq) = candle_quantize(t, &w);
+        let bytes = aligned(&bytes);
+        let packed = PackedMatrix::pack(t, rows, cols, bytes.as_slice()).expect("packable");
+        for m in [1usize, 3, 6] {
+            let x = rng.vec(m * cols);
+            let mut got = vec![0f32; m * rows];
+            let mut want = vec![0f32; m * rows];
+            let mut scratch = AlignedBytes::default();
+            matmul_packed(&packed, &x, m, &mut got, &mut scratch);
+            let mat = QMatrix {
+                dtype: t,
+                rows,
+                cols,
+                data: bytes.as_slice(),
+            };
+            matmul(&mat, &x, m, &mut want, &mut scratch);
+            for i in 0..m * rows {
+                let (r, tok) = (i % rows, i / rows);
+                let scale: f32 = (0..cols)
+                    .map(|c| (wdeq[r * cols + c] * x[tok * cols + c]).abs())
+                    .sum();
+                assert!(
+                    (got[i] - want[i]).abs() <= 1e-4 * scale + 1e-4,
+                    "{t:?} m={m} out {i}: packed {} vs row-wise {}",
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}

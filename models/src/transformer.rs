@@ -9,7 +9,6 @@ use crate::kv_cache::{KvCache, KvCacheShape};
 use crate::weights::{load_vector, Matrix};
 use crate::Result;
 use inhaus_kernels::attention::{paged_attention, write_kv, AttnParams, AttnSeq};
-use inhaus_kernels::matmul::matmul;
 use inhaus_kernels::ops::{
     add_bias_rows, add_inplace, gelu_tanh_mul, rms_norm, rms_norm_inplace, rope_angles, rope_apply,
     silu_mul, RopeStyle,
@@ -293,9 +292,9 @@ impl Transformer {
             let q = sized(&mut sc.q, n * qd);
             let k = sized(&mut sc.k, n * kvd);
             let v = sized(&mut sc.v, n * kvd);
-            matmul(&lw.wq.as_qmatrix(), h, n, q, &mut sc.act);
-            matmul(&lw.wk.as_qmatrix(), h, n, k, &mut sc.act);
-            matmul(&lw.wv.as_qmatrix(), h, n, v, &mut sc.act);
+            lw.wq.matmul(h, n, q, &mut sc.act);
+            lw.wk.matmul(h, n, k, &mut sc.act);
+            lw.wv.matmul(h, n, v, &mut sc.act);
             if let Some(b) = &lw.bq {
                 add_bias_rows(q, b);
             }
@@ -331,7 +330,7 @@ impl Transformer {
             };
             paged_attention(q, attn, &attn_seqs, &cache.layer(li), &params);
             let o = sized(&mut sc.o, n * c.hidden);
-            matmul(&lw.wo.as_qmatrix(), attn, n, o, &mut sc.act);
+            lw.wo.matmul(attn, n, o, &mut sc.act);
             if let Some(w) = &lw.post_attn_norm {
                 rms_norm_inplace(o, w, c.rms_eps);
             }
@@ -341,14 +340,14 @@ impl Transformer {
             rms_norm(x, &lw.ffn_norm, c.rms_eps, h);
             let gate = sized(&mut sc.gate, n * c.ffn);
             let up = sized(&mut sc.up, n * c.ffn);
-            matmul(&lw.w_gate.as_qmatrix(), h, n, gate, &mut sc.act);
-            matmul(&lw.w_up.as_qmatrix(), h, n, up, &mut sc.act);
+            lw.w_gate.matmul(h, n, gate, &mut sc.act);
+            lw.w_up.matmul(h, n, up, &mut sc.act);
             match c.activation {
                 Activation::GeluTanh => gelu_tanh_mul(gate, up),
                 Activation::Silu => silu_mul(gate, up),
             }
             let o = sized(&mut sc.o, n * c.hidden);
-            matmul(&lw.w_down.as_qmatrix(), gate, n, o, &mut sc.act);
+            lw.w_down.matmul(gate, n, o, &mut sc.act);
             if let Some(w) = &lw.post_ffn_norm {
                 rms_norm_inplace(o, w, c.rms_eps);
             }
@@ -378,7 +377,7 @@ impl Transformer {
         rms_norm_inplace(h, &self.output_norm, c.rms_eps);
         let mut values = vec![0f32; r * c.vocab];
         if r > 0 {
-            matmul(&self.output.as_qmatrix(), h, r, &mut values, &mut sc.act);
+            self.output.matmul(h, r, &mut values, &mut sc.act);
         }
         if let Some(cap) = c.final_softcap {
             values.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());

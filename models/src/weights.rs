@@ -2,12 +2,16 @@
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::Result;
-use inhaus_kernels::matmul::QMatrix;
+use inhaus_kernels::cpu::{simd_level, SimdLevel};
+use inhaus_kernels::matmul::{matmul, matmul_packed, QMatrix};
+use inhaus_kernels::packed::PackedMatrix;
 use inhaus_kernels::quant::dequantize_row;
+use inhaus_kernels::quantize::AlignedBytes;
 use memmap2::Mmap;
 use std::sync::Arc;
 
-/// A weight matrix of `rows` × `cols` in its file format, kept in the mapped file.
+/// A weight matrix of `rows` × `cols` in its file format, kept in the mapped file, plus (where the CPU
+/// has AVX-512 VNNI and the format allows) a copy re-laid for the packed GEMV/GEMM kernels.
 #[derive(Clone)]
 pub struct Matrix {
     pub dtype: inhaus_kernels::GgmlType,
@@ -16,6 +20,7 @@ pub struct Matrix {
     mmap: Arc<Mmap>,
     offset: usize,
     len: usize,
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 impl Matrix {
@@ -33,14 +38,27 @@ impl Matrix {
         if !(file.mmap.as_ptr() as usize + loc.offset).is_multiple_of(align) {
             return Err(ModelError::Gguf(format!("tensor {name} is not aligned")));
         }
-        Ok(Self {
+        let mut m = Self {
             dtype: loc.dtype,
             rows,
             cols,
             mmap: file.mmap.clone(),
             offset: loc.offset,
             len: loc.len,
-        })
+            packed: None,
+        };
+        if simd_level() >= SimdLevel::Avx512Vnni && PackedMatrix::supports(m.dtype, rows) {
+            m.packed = PackedMatrix::pack(m.dtype, rows, cols, m.data()).map(Arc::new);
+        }
+        Ok(m)
+    }
+
+    /// `out[i * rows + r] = self[r] · x[i]` for the `m` rows of `x`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], scratch: &mut AlignedBytes) {
+        match &self.packed {
+            Some(p) => matmul_packed(p, x, m, out, scratch),
+            None => matmul(&self.as_qmatrix(), x, m, out, scratch),
+        }
     }
 
     pub fn data(&self) -> &[u8] {

@@ -1,0 +1,349 @@
+//! Weights of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q8_0) re-laid at load time for 8-row
+//! GEMV/GEMM with `vpdpbusd` (AVX-512 VNNI), keeping their exact size in bytes.
+//!
+//! Rows are taken in groups of 8. For each group and block of 32 columns one record holds the 8 rows'
+//! f16 scales (and Q4_1 mins), then the quants as unsigned bytes arranged so that one 32-byte vector
+//! holds 4 consecutive columns of each of the 8 rows: a broadcast of 4 activation bytes and one
+//! `vpdpbusd` then advance 8 dot products at once, with no horizontal sums. Signed formats are stored
+//! with an offset (`q + off`, unsigned), corrected exactly in integers with the activation block's sum:
+//! `Σ w·a = d_w·d_a·(Σ q_u·a_q − off·Σ a_q)` (plus `m_w·d_a·Σ a_q` for Q4_1's min).
+//! Nibble formats keep two columns per byte; Q5_0's fifth bits are one 32-byte bit plane.
+use crate::quant::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType, QK};
+use crate::quantize::AlignedBytes;
+use half::f16;
+
+/// Rows per packed group.
+pub const GROUP: usize = 8;
+
+/// An activation block for packed matmuls: scale, the sum of the quants (exact, for the offset
+/// correction), scale × sum rounded through f16 (Q4_1's min term, as llama.cpp's Q8_1), and the quants.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ8A {
+    pub d: f32,
+    pub s: f32,
+    pub sum: i32,
+    pub qs: [i8; QK],
+}
+
+/// Quantizes one activation row to [`BlockQ8A`] blocks, with the same integers and (f16-rounded) scale
+/// as llama.cpp's Q8_0 activations.
+pub fn quantize_row_q8a(x: &[f32], out: &mut [BlockQ8A]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d_raw = amax / 127.0;
+        let d = f16::from_f32(d_raw).to_f32();
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            let qi = (v * id).round_ties_even() as i32;
+            *q = qi as i8;
+            sum += qi;
+        }
+        b.d = d;
+        b.sum = sum;
+        b.s = f16::from_f32(d_raw * sum as f32).to_f32();
+    }
+}
+
+/// A weight matrix in the packed layout.
+pub struct PackedMatrix {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    data: AlignedBytes,
+}
+
+/// Bytes of one (group, block) record.
+pub fn record_bytes(dtype: GgmlType) -> Option<usize> {
+    Some(match dtype {
+        GgmlType::Q8_0 => 16 + 256,
+        GgmlType::Q4_0 => 16 + 128,
+        GgmlType::Q4_1 => 32 + 128,
+        GgmlType::Q5_0 => 16 + 128 + 32,
+        _ => return None,
+    })
+}
+
+/// Offset added to the quants to make them unsigned.
+fn quant_offset(dtype: GgmlType) -> i32 {
+    match dtype {
+        GgmlType::Q8_0 => 128,
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        _ => 0,
+    }
+}
+
+/// The 32 quants of one block as unsigned values (with the format's offset), and scale / min.
+fn unpack_block(dtype: GgmlType, raw: &[u8], b: usize) -> ([u8; 32], f16, f16) {
+    let mut q = [0u8; 32];
+    match dtype {
+        GgmlType::Q8_0 => {
+            let x = &as_blocks::<BlockQ8_0>(raw)[b];
+            for k in 0..32 {
+                q[k] = (x.qs[k] as i16 + 128) as u8;
+            }
+            (q, x.d, f16::ZERO)
+        }
+        GgmlType::Q4_0 => {
+            let x = &as_blocks::<BlockQ4_0>(raw)[b];
+            for k in 0..16 {
+                q[k] = x.qs[k] & 0xF;
+                q[k + 16] = x.qs[k] >> 4;
+            }
+            (q, x.d, f16::ZERO)
+        }
+        GgmlType::Q4_1 => {
+            let x = &as_blocks::<BlockQ4_1>(raw)[b];
+            for k in 0..16 {
+                q[k] = x.qs[k] & 0xF;
+                q[k + 16] = x.qs[k] >> 4;
+            }
+            (q, x.d, x.m)
+        }
+        GgmlType::Q5_0 => {
+            let x = &as_blocks::<BlockQ5_0>(raw)[b];
+            let qh = u32::from_le_bytes(x.qh);
+            for k in 0..16 {
+                q[k] = (x.qs[k] & 0xF) | ((((qh >> k) & 1) as u8) << 4);
+                q[k + 16] = (x.qs[k] >> 4) | ((((qh >> (k + 16)) & 1) as u8) << 4);
+            }
+            (q, x.d, f16::ZERO)
+        }
+        _ => unreachable!("not a packable format"),
+    }
+}
+
+impl PackedMatrix {
+    /// Whether `dtype` with this many rows can be packed.
+    pub fn supports(dtype: GgmlType, rows: usize) -> bool {
+        record_bytes(dtype).is_some() && rows % GROUP == 0
+    }
+
+    /// Re-lays a GGUF matrix (`rows` × `cols`, raw blocks) into the packed layout.
+    pub fn pack(dtype: GgmlType, rows: usize, cols: usize, raw: &[u8]) -> Option<Self> {
+        let rec = record_bytes(dtype)?;
+        if rows % GROUP != 0 || cols % QK != 0 {
+            return None;
+        }
+        let nb = cols / QK;
+        let row_bytes = dtype.row_bytes(cols);
+        let mut data = AlignedBytes::default();
+        data.resize(rows / GROUP * nb * rec);
+        let out = data.as_mut_slice();
+        for g in 0..rows / GROUP {
+            for b in 0..nb {
+                let r0 = (g * nb + b) * rec;
+                let record = &mut out[r0..r0 + rec];
+                let mut quants = [[0u8; 32]; GROUP];
+                for (r, qr) in quants.iter_mut().enumerate() {
+                    let row = &raw[(g * GROUP + r) * row_bytes..(g * GROUP + r + 1) * row_bytes];
+                    let (q, d, m) = unpack_block(dtype, row, b);
+                    *qr = q;
+                    record[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
+                    if dtype == GgmlType::Q4_1 {
+                        record[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                    }
+                }
+                let qstart = if dtype == GgmlType::Q4_1 { 32 } else { 16 };
+                match dtype {
+                    GgmlType::Q8_0 => {
+                        // Vector j: byte 4r + t = row r, column 4j + t.
+                        for j in 0..8 {
+                            for (r, qr) in quants.iter().enumerate() {
+                                for t in 0..4 {
+                                    record[qstart + 32 * j + 4 * r + t] = qr[4 * j + t];
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        // Vector pair p: low nibble column 4p + t, high nibble column 4(p + 4) + t.
+                        for p in 0..4 {
+                            for (r, qr) in quants.iter().enumerate() {
+                                for t in 0..4 {
+                                    let lo = qr[4 * p + t] & 0xF;
+                                    let hi = qr[4 * (p + 4) + t] & 0xF;
+                                    record[qstart + 32 * p + 4 * r + t] = lo | (hi << 4);
+                                }
+                            }
+                        }
+                        if dtype == GgmlType::Q5_0 {
+                            // Bit j of byte 4r + t: fifth bit of row r, column 4j + t.
+                            let hb = qstart + 128;
+                            for (r, qr) in quants.iter().enumerate() {
+                                for t in 0..4 {
+                                    let mut bits = 0u8;
+                                    for j in 0..8 {
+                                        bits |= ((qr[4 * j + t] >> 4) & 1) << j;
+                                    }
+                                    record[hb + 4 * r + t] = bits;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn record(&self) -> usize {
+        record_bytes(self.dtype).unwrap_or(0)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    pub fn offset(&self) -> i32 {
+        quant_offset(self.dtype)
+    }
+}
+
+/// Portable reference of one group × one activation row (used by tests and non-VNNI fallbacks).
+pub fn group_dot_scalar(m: &PackedMatrix, g: usize, act: &[BlockQ8A], out: &mut [f32; GROUP]) {
+    let rec = m.record();
+    let nb = m.cols / QK;
+    let off = m.offset();
+    let bytes = m.bytes();
+    *out = [0.0; GROUP];
+    for (b, a) in act.iter().enumerate().take(nb) {
+        let r = &bytes[(g * nb + b) * rec..(g * nb + b + 1) * rec];
+        let qstart = if m.dtype == GgmlType::Q4_1 { 32 } else { 16 };
+        for row in 0..GROUP {
+            let d = f16::from_le_bytes([r[2 * row], r[2 * row + 1]]).to_f32();
+            let min = if m.dtype == GgmlType::Q4_1 {
+                f16::from_le_bytes([r[16 + 2 * row], r[17 + 2 * row]]).to_f32()
+            } else {
+                0.0
+            };
+            let mut dot = -off * a.sum;
+            for k in 0..32 {
+                let (j, t) = (k / 4, k % 4);
+                let q = match m.dtype {
+                    GgmlType::Q8_0 => r[qstart + 32 * j + 4 * row + t],
+                    _ => {
+                        let byte = r[qstart + 32 * (j % 4) + 4 * row + t];
+                        let nib = if j < 4 { byte & 0xF } else { byte >> 4 };
+                        let high = if m.dtype == GgmlType::Q5_0 {
+                            ((r[qstart + 128 + 4 * row + t] >> j) & 1) << 4
+                        } else {
+                            0
+                        };
+                        nib | high
+                    }
+                };
+                dot += q as i32 * a.qs[k] as i32;
+            }
+            out[row] += d * a.d * dot as f32 + min * a.s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod vnni {
+    //! The AVX-512 VNNI kernel over packed groups: up to 4 activation rows share each unpacked block.
+    use super::{BlockQ8A, PackedMatrix, GROUP};
+    use crate::quant::{GgmlType, QK};
+    use std::arch::x86_64::*;
+
+    /// Tokens that share one unpacked weight block.
+    pub const TILE: usize = 4;
+
+    /// Unpacks one record's quants into 8 vectors of unsigned bytes (vector j = columns 4j..4j+4).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unpack(dtype: GgmlType, q: *const u8, w: &mut [__m256i; 8]) {
+        match dtype {
+            GgmlType::Q8_0 => {
+                for (j, wj) in w.iter_mut().enumerate() {
+                    *wj = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                }
+            }
+            _ => {
+                let m4 = _mm256_set1_epi8(0x0F);
+                for p in 0..4 {
+                    let v = _mm256_loadu_si256(q.add(32 * p) as *const __m256i);
+                    w[p] = _mm256_and_si256(v, m4);
+                    w[p + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                }
+                if dtype == GgmlType::Q5_0 {
+                    let h = _mm256_loadu_si256(q.add(128) as *const __m256i);
+                    let bit4 = _mm256_set1_epi8(0x10);
+                    // Bit j of each byte moved to bit 4 of the byte.
+                    w[0] = _mm256_or_si256(w[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+                    w[1] = _mm256_or_si256(w[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+                    w[2] = _mm256_or_si256(w[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), bit4));
+                    w[3] = _mm256_or_si256(w[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), bit4));
+                    w[4] = _mm256_or_si256(w[4], _mm256_and_si256(h, bit4));
+                    w[5] = _mm256_or_si256(w[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), bit4));
+                    w[6] = _mm256_or_si256(w[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), bit4));
+                    w[7] = _mm256_or_si256(w[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), bit4));
+                }
+            }
+        }
+    }
+
+    /// `out[t][8 rows]` for the `n_tok ≤ TILE` activation rows starting at `acts`, group `g`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn group_tile(
+        m: &PackedMatrix,
+        g: usize,
+        acts: &[&[BlockQ8A]],
+        out: &mut [[f32; GROUP]; TILE],
+    ) {
+        let rec = m.record();
+        let nb = m.cols / QK;
+        let dtype = m.dtype;
+        let qstart = if dtype == GgmlType::Q4_1 { 32 } else { 16 };
+        let off = m.offset();
+        let q4_1 = dtype == GgmlType::Q4_1;
+        let base = m.bytes().as_ptr().add(g * nb * rec);
+        let n_tok = acts.len();
+        let mut acc = [_mm256_setzero_ps(); TILE];
+        let mut w = [_mm256_setzero_si256(); 8];
+        for b in 0..nb {
+            let r = base.add(b * rec);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
+            let min = if q4_1 {
+                _mm256_cvtph_ps(_mm_loadu_si128(r.add(16) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            unpack(dtype, r.add(qstart), &mut w);
+            for t in 0..n_tok {
+                let a = &acts[t][b];
+                let aq = a.qs.as_ptr() as *const i32;
+                let mut dot0 = _mm256_set1_epi32(-off * a.sum);
+                let mut dot1 = _mm256_setzero_si256();
+                for j in (0..8).step_by(2) {
+                    dot0 = _mm256_dpbusd_epi32(
+                        dot0,
+                        w[j],
+                        _mm256_set1_epi32(aq.add(j).read_unaligned()),
+                    );
+                    dot1 = _mm256_dpbusd_epi32(
+                        dot1,
+                        w[j + 1],
+                        _mm256_set1_epi32(aq.add(j + 1).read_unaligned()),
+                    );
+                }
+                let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(dot0, dot1));
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), dot, acc[t]);
+                if q4_1 {
+                    acc[t] = _mm256_fmadd_ps(min, _mm256_set1_ps(a.s), acc[t]);
+                }
+            }
+        }
+        for t in 0..n_tok {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}

@@ -123,7 +123,7 @@ pub fn matmul_packed(
         .map(as_blocks::<BlockQ8A>)
         .collect();
     let groups = rows / GROUP;
-    let chunk = chunk_rows(groups).min(64).max(1);
+    let chunk = chunk_rows(groups).clamp(1, 64);
     let n_chunks = groups.div_ceil(chunk);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let vnni = simd_level() >= SimdLevel::Avx512Vnni;

@@ -118,13 +118,13 @@ fn unpack_block(dtype: GgmlType, raw: &[u8], b: usize) -> ([u8; 32], f16, f16) {
 impl PackedMatrix {
     /// Whether `dtype` with this many rows can be packed.
     pub fn supports(dtype: GgmlType, rows: usize) -> bool {
-        record_bytes(dtype).is_some() && rows % GROUP == 0
+        record_bytes(dtype).is_some() && rows.is_multiple_of(GROUP)
     }
 
     /// Re-lays a GGUF matrix (`rows` × `cols`, raw blocks) into the packed layout.
     pub fn pack(dtype: GgmlType, rows: usize, cols: usize, raw: &[u8]) -> Option<Self> {
         let rec = record_bytes(dtype)?;
-        if rows % GROUP != 0 || cols % QK != 0 {
+        if !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) {
             return None;
         }
         let nb = cols / QK;
@@ -292,6 +292,10 @@ pub mod vnni {
     }
 
     /// `out[t][8 rows]` for the `n_tok ≤ TILE` activation rows starting at `acts`, group `g`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
+    /// `m.cols / 32` blocks and `g` must be a group of `m`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn group_tile(
         m: &PackedMatrix,

@@ -257,73 +257,67 @@ pub mod vnni {
     /// Tokens that share one unpacked weight block.
     pub const TILE: usize = 4;
 
+    const Q8_0: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q4_1: u8 = 2;
+    const Q5_0: u8 = 3;
+
     /// Unpacks one record's quants into 8 vectors of unsigned bytes (vector j = columns 4j..4j+4).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn unpack(dtype: GgmlType, q: *const u8, w: &mut [__m256i; 8]) {
-        match dtype {
-            GgmlType::Q8_0 => {
-                for (j, wj) in w.iter_mut().enumerate() {
-                    *wj = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
-                }
+    unsafe fn unpack<const F: u8>(q: *const u8, w: &mut [__m256i; 8]) {
+        if F == Q8_0 {
+            for (j, wj) in w.iter_mut().enumerate() {
+                *wj = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
             }
-            _ => {
-                let m4 = _mm256_set1_epi8(0x0F);
-                for p in 0..4 {
-                    let v = _mm256_loadu_si256(q.add(32 * p) as *const __m256i);
-                    w[p] = _mm256_and_si256(v, m4);
-                    w[p + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                }
-                if dtype == GgmlType::Q5_0 {
-                    let h = _mm256_loadu_si256(q.add(128) as *const __m256i);
-                    let bit4 = _mm256_set1_epi8(0x10);
-                    // Bit j of each byte moved to bit 4 of the byte.
-                    w[0] = _mm256_or_si256(w[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
-                    w[1] = _mm256_or_si256(w[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
-                    w[2] = _mm256_or_si256(w[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), bit4));
-                    w[3] = _mm256_or_si256(w[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), bit4));
-                    w[4] = _mm256_or_si256(w[4], _mm256_and_si256(h, bit4));
-                    w[5] = _mm256_or_si256(w[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), bit4));
-                    w[6] = _mm256_or_si256(w[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), bit4));
-                    w[7] = _mm256_or_si256(w[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), bit4));
-                }
-            }
+            return;
+        }
+        let m4 = _mm256_set1_epi8(0x0F);
+        for p in 0..4 {
+            let v = _mm256_loadu_si256(q.add(32 * p) as *const __m256i);
+            w[p] = _mm256_and_si256(v, m4);
+            w[p + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        if F == Q5_0 {
+            let h = _mm256_loadu_si256(q.add(128) as *const __m256i);
+            let bit4 = _mm256_set1_epi8(0x10);
+            // Bit j of each byte moved to bit 4 of the byte.
+            w[0] = _mm256_or_si256(w[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+            w[1] = _mm256_or_si256(w[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+            w[2] = _mm256_or_si256(w[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), bit4));
+            w[3] = _mm256_or_si256(w[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), bit4));
+            w[4] = _mm256_or_si256(w[4], _mm256_and_si256(h, bit4));
+            w[5] = _mm256_or_si256(w[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), bit4));
+            w[6] = _mm256_or_si256(w[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), bit4));
+            w[7] = _mm256_or_si256(w[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), bit4));
         }
     }
 
-    /// `out[t][8 rows]` for the `n_tok ≤ TILE` activation rows starting at `acts`, group `g`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
-    /// `m.cols / 32` blocks and `g` must be a group of `m`.
+    /// One group × `N` activation rows, for weight format `F`: everything unrolled so the
+    /// accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group_tile(
-        m: &PackedMatrix,
-        g: usize,
+    unsafe fn tile<const F: u8, const N: usize>(
+        base: *const u8,
+        rec: usize,
+        nb: usize,
+        off: i32,
         acts: &[&[BlockQ8A]],
         out: &mut [[f32; GROUP]; TILE],
     ) {
-        let rec = m.record();
-        let nb = m.cols / QK;
-        let dtype = m.dtype;
-        let qstart = if dtype == GgmlType::Q4_1 { 32 } else { 16 };
-        let off = m.offset();
-        let q4_1 = dtype == GgmlType::Q4_1;
-        let base = m.bytes().as_ptr().add(g * nb * rec);
-        let n_tok = acts.len();
-        let mut acc = [_mm256_setzero_ps(); TILE];
+        let qstart = if F == Q4_1 { 32 } else { 16 };
+        let a_ptr: [*const BlockQ8A; N] = std::array::from_fn(|t| acts[t].as_ptr());
+        let mut acc = [_mm256_setzero_ps(); N];
         let mut w = [_mm256_setzero_si256(); 8];
         for b in 0..nb {
             let r = base.add(b * rec);
+            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 128) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 192) as *const i8);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
-            let min = if q4_1 {
-                _mm256_cvtph_ps(_mm_loadu_si128(r.add(16) as *const __m128i))
-            } else {
-                _mm256_setzero_ps()
-            };
-            unpack(dtype, r.add(qstart), &mut w);
-            for t in 0..n_tok {
-                let a = &acts[t][b];
+            unpack::<F>(r.add(qstart), &mut w);
+            for t in 0..N {
+                let a = &*a_ptr[t].add(b);
                 let aq = a.qs.as_ptr() as *const i32;
                 let mut dot0 = _mm256_set1_epi32(-off * a.sum);
                 let mut dot1 = _mm256_setzero_si256();
@@ -341,13 +335,48 @@ pub mod vnni {
                 }
                 let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(dot0, dot1));
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), dot, acc[t]);
-                if q4_1 {
+                if F == Q4_1 {
+                    let min = _mm256_cvtph_ps(_mm_loadu_si128(r.add(16) as *const __m128i));
                     acc[t] = _mm256_fmadd_ps(min, _mm256_set1_ps(a.s), acc[t]);
                 }
             }
         }
-        for t in 0..n_tok {
+        for t in 0..N {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    /// `out[t][8 rows]` for the `n_tok ≤ TILE` activation rows starting at `acts`, group `g`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
+    /// `m.cols / 32` blocks and `g` must be a group of `m`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn group_tile(
+        m: &PackedMatrix,
+        g: usize,
+        acts: &[&[BlockQ8A]],
+        out: &mut [[f32; GROUP]; TILE],
+    ) {
+        let rec = m.record();
+        let nb = m.cols / QK;
+        let off = m.offset();
+        let base = m.bytes().as_ptr().add(g * nb * rec);
+        macro_rules! by_tokens {
+            ($f:expr) => {
+                match acts.len() {
+                    1 => tile::<{ $f }, 1>(base, rec, nb, off, acts, out),
+                    2 => tile::<{ $f }, 2>(base, rec, nb, off, acts, out),
+                    3 => tile::<{ $f }, 3>(base, rec, nb, off, acts, out),
+                    _ => tile::<{ $f }, 4>(base, rec, nb, off, acts, out),
+                }
+            };
+        }
+        match m.dtype {
+            GgmlType::Q8_0 => by_tokens!(Q8_0),
+            GgmlType::Q4_0 => by_tokens!(Q4_0),
+            GgmlType::Q4_1 => by_tokens!(Q4_1),
+            _ => by_tokens!(Q5_0),
         }
     }
 }

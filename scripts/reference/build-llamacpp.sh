@@ -20,7 +20,7 @@
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="0.3.36"   # vendors llama.cpp ggml-org/llama.cpp@0c1e57098 (per its CHANGELOG)
-LLAMA_CPP_PYTHON_SHA256="${LLAMA_CPP_PYTHON_SHA256:-}"  # optional: set to pin the sdist's sha256
+LLAMA_CPP_PYTHON_SHA256="${LLAMA_CPP_PYTHON_SHA256-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"  # set empty to skip the check
 
 REF="${INHAUS_REFERENCE_DIR:-$HOME/.cache/inhaus/reference}"
 JOBS="${JOBS:-2}"
@@ -100,8 +100,8 @@ export PATH="$VENV/bin:$PATH"
 if [[ ! -f "$SDIST" ]]; then
     log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION source package"
     tmp="$(mktemp -d "$SRC_DIR/dl.XXXXXX")"
-    # Source only for llama-cpp-python itself (--no-binary); --no-build-isolation makes pip prepare the
-    # metadata with the venv's scikit-build-core instead of building cmake etc. from source.
+    # The sdist (--no-binary :all:; with --no-deps that is llama-cpp-python alone). --no-build-isolation makes pip
+    # prepare its metadata with the venv's scikit-build-core; without it, :all: would build cmake from source.
     "$VPY" -m pip download --quiet --disable-pip-version-check --no-deps --no-build-isolation \
         --no-binary :all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
     mv "$tmp/$SDIST_NAME.tar.gz" "$SDIST" || die "pip did not produce $SDIST_NAME.tar.gz"
@@ -144,7 +144,7 @@ int main(void) {
     return 0;
 }
 C
-    if cc -O1 -mamx-tile -o "$probe_dir/amx" "$probe_dir/amx.c" 2>/dev/null && ( "$probe_dir/amx" ) 2>/dev/null; then
+    if cc -O1 -mamx-tile -o "$probe_dir/amx" "$probe_dir/amx.c" 2>/dev/null && bash -c '"$0"; exit $?' "$probe_dir/amx" >/dev/null 2>&1; then
         log "AMX probe: usable; building with AMX (-march=native)"
     else
         for f in amx-tile amx-int8 amx-bf16 amx-fp16 amx-complex; do

@@ -190,10 +190,19 @@ CHAT_TEMPLATE_CASES = [
 # ---------------------------------------------------------------------------------------------------------
 
 
+_LOG: list[str] = []
+
+# llama.cpp vendored by each pinned llama-cpp-python release (from its CHANGELOG)
+LLAMA_CPP_COMMITS = {"0.3.36": "ggml-org/llama.cpp@0c1e57098"}
+GGML_TYPES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
+
+
 @L.llama_log_callback
 def _quiet_log(level, text, user_data):  # noqa: ARG001 - llama.cpp log sink
+    t = text.decode("utf-8", "replace")
+    _LOG.append(t)
     if os.environ.get("FIXTURES_VERBOSE"):
-        sys.stderr.write(text.decode("utf-8", "replace"))
+        sys.stderr.write(t)
 
 
 class Model:
@@ -206,6 +215,7 @@ class Model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.flash_attn = "unknown"
 
     def close(self):
         L.llama_model_free(self.model)
@@ -237,9 +247,15 @@ class Model:
         cp.n_threads = N_THREADS
         cp.n_threads_batch = N_THREADS
         cp.no_perf = True
+        _LOG.clear()
         ctx = L.llama_init_from_model(self.model, cp)
         if not ctx:
             raise RuntimeError("llama_init_from_model failed")
+        log = "".join(_LOG)
+        if "Flash Attention enabled" in log:
+            self.flash_attn = "enabled"
+        elif "Flash Attention not supported" in log:
+            self.flash_attn = "disabled"
         return ctx, cp
 
 
@@ -356,6 +372,11 @@ def dumps(obj, indent=0) -> str:
     if isinstance(obj, dict):
         if not obj:
             return "{}"
+        if all(not isinstance(v, (dict, str)) for v in obj.values()) and all(
+            not isinstance(v, list) or all(_is_scalar(w) or isinstance(w, list) for w in v) for v in obj.values()
+        ):
+            # e.g. a greedy step: {"token": 7042, "top": [[7042, -0.24], ...]} on one line
+            return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
         items = [f"{pad1}{json.dumps(k, ensure_ascii=False)}: {dumps(v, indent + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
     if isinstance(obj, list):
@@ -379,10 +400,11 @@ def write_json(path: str, obj) -> None:
     print(f"  wrote {path} ({os.path.getsize(path)} bytes)")
 
 
-def generator_info(cp=None) -> dict:
+def generator_info(cp=None, flash_attn=None) -> dict:
     info = {
         "llama_cpp_python": L.__version__,
-        "llama_cpp": "vendored in llama-cpp-python " + L.__version__,
+        "llama_cpp": LLAMA_CPP_COMMITS.get(L.__version__, "vendored in llama-cpp-python " + L.__version__),
+        "build": "CPU, GGML_NATIVE (see scripts/reference/build-llamacpp.sh)",
         "script": "scripts/reference/make_fixtures.py",
     }
     if cp is not None:
@@ -393,8 +415,9 @@ def generator_info(cp=None) -> dict:
                 "n_ubatch": cp.n_ubatch,
                 "n_threads": cp.n_threads,
                 "flash_attn_type": {-1: "auto", 0: "disabled", 1: "enabled"}.get(cp.flash_attn_type, cp.flash_attn_type),
-                "type_k": int(cp.type_k),
-                "type_v": int(cp.type_v),
+                "flash_attn_resolved": flash_attn,
+                "kv_cache_type_k": GGML_TYPES.get(int(cp.type_k), int(cp.type_k)),
+                "kv_cache_type_v": GGML_TYPES.get(int(cp.type_v), int(cp.type_v)),
             }
         )
     return info
@@ -518,7 +541,7 @@ def make_for(alias: str, path: str, out_dir: str) -> None:
                 "batch, then one token per step; token = argmax of the float32 logits; top = 5 best "
                 "[id, log_softmax over the full vocabulary computed in float64], descending. Greedy decoding "
                 "does NOT stop at end-of-generation tokens. completion = the 32 tokens' pieces, concatenated.",
-                "generator": generator_info(cp),
+                "generator": generator_info(cp, model.flash_attn),
                 "cases": gcases,
             },
         )

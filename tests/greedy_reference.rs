@@ -10,14 +10,17 @@ use inhaus_models::{Batch, KvCache, LogitsWanted, SeqChunk};
 
 /// Tolerances for top-5 log-probabilities against llama.cpp, in nats. Both runtimes re-quantize the
 /// activations to 8 bits before every matmul, so a different summation order flips the rounding of some
-/// activations and the logits jitter: inhaus's own scalar, AVX2 and VNNI paths differ from each other by
-/// up to ~0.15 nats on SmolLM2 (Q4_1). llama.cpp also runs flash attention with f16 queries and f16
-/// value accumulation. Measured against llama.cpp (2026-11-25): SmolLM2 mean 0.107, max 0.69.
-const LOGPROB_MAX: f64 = 0.8;
+/// activations and the logits jitter; llama.cpp also runs flash attention with f16 queries and an f16
+/// value accumulator. The jitter is the same size between inhaus's own scalar, AVX2 and VNNI paths as
+/// between inhaus and llama.cpp (measured 2026-11-25 on gemma-3-270m, teacher-forced fixtures: own
+/// paths differ by mean 0.10 / max 0.63 nats; inhaus vs llama.cpp mean 0.12-0.13 / max 0.63-1.08;
+/// SmolLM2 mean 0.10 / max 0.72; Qwen 0.5B mean 0.06 / max 0.37). Regenerate with
+/// `INHAUS_DEBUG_LOGPROBS=1 cargo test --release --test greedy_reference -- --nocapture`.
+const LOGPROB_MAX: f64 = 1.5;
 const LOGPROB_MEAN: f64 = 0.15;
-/// A step whose reference top-2 log-probabilities are closer than this is a near-tie (about twice the
-/// jitter between inhaus's own SIMD paths).
-const NEAR_TIE: f64 = 0.3;
+/// A step whose reference top-2 log-probabilities are closer than this is a near-tie: inside the
+/// jitter above, the two can swap (seen: a 0.39-nat gap in llama.cpp that inhaus's Gemma run reverses).
+const NEAR_TIE: f64 = 0.5;
 
 struct Step {
     token: u32,

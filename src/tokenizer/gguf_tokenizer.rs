@@ -56,6 +56,43 @@ pub struct ModelTokenizer {
     pub tokens: Vec<String>,
 }
 
+/// Token texts llama.cpp treats as end-of-generation, and as control tokens even where the file
+/// marks them normal (so `</s>` written in text is one token for Qwen, as llama.cpp parses it).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+
+/// Fill-in-the-middle separators llama.cpp also ends generation on.
+const FIM_EOG_TEXTS: &[&str] = &[
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<fim_pad>",
+    "<repo_name>",
+    "<file_sep>",
+];
+
 /// Byte-level BPE split regexes, as llama.cpp uses them for each `tokenizer.ggml.pre`.
 const REGEX_GPT2: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -110,10 +147,21 @@ impl ModelTokenizer {
             .get_str("tokenizer.ggml.model")
             .map_err(|_| TokenizerError::Metadata("tokenizer.ggml.model".into()))?;
         let tokens = string_array(file, "tokenizer.ggml.tokens")?;
-        let types: Vec<i32> = match number_array(file, "tokenizer.ggml.token_type") {
+        let mut types: Vec<i32> = match number_array(file, "tokenizer.ggml.token_type") {
             Ok(t) => t.into_iter().map(|x| x as i32).collect(),
             Err(_) => vec![TYPE_NORMAL; tokens.len()],
         };
+        let mut stop_ids: Vec<u32> = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if EOG_TEXTS.contains(&t.as_str()) {
+                if let Some(ty) = types.get_mut(i) {
+                    *ty = TYPE_CONTROL;
+                }
+                stop_ids.push(i as u32);
+            } else if FIM_EOG_TEXTS.contains(&t.as_str()) && types.get(i) == Some(&TYPE_CONTROL) {
+                stop_ids.push(i as u32);
+            }
+        }
         if types.len() != tokens.len() {
             return Err(TokenizerError::Metadata("tokenizer.ggml.token_type".into()));
         }

@@ -4,7 +4,7 @@
 //! - [`quantize`]: activations quantized once per matmul to the weight format's 8-bit partner.
 //! - [`dot`]: one dot product per block format pair, scalar and SIMD, chosen at run time.
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
-//! - [`packed`]: 32-element block formats re-laid in 8-row groups for VNNI GEMV/GEMM.
+//! - [`packed`], [`packed_k`]: weights re-laid in 8-row groups for VNNI GEMV/GEMM.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
 // Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
@@ -16,6 +16,7 @@ pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
+pub mod packed_k;
 pub mod quant;
 pub mod quantize;
 

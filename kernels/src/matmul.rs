@@ -7,7 +7,8 @@
 use crate::cpu::{simd_level, SimdLevel};
 use crate::dot::{dot_f32, dot_fn};
 use crate::packed::{group_dot_scalar, quantize_row_q8a, BlockQ8A, PackedMatrix, GROUP};
-use crate::quant::{as_blocks, as_blocks_mut, dequantize_row, GgmlType, QK};
+use crate::packed_k::PackedKMatrix;
+use crate::quant::{as_blocks, as_blocks_mut, dequantize_row, BlockQ8K, GgmlType, QK};
 use crate::quantize::{quantize_rows, AlignedBytes};
 use rayon::prelude::*;
 
@@ -97,7 +98,42 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
     }
 }
 
-/// `out[i * w.rows + r] = W[r] · x[i]` for a packed matrix (see [`crate::packed`]).
+/// Runs `tile(g, acts, out_tile)` for every 8-row group and every tile of up to 4 tokens, in parallel
+/// over chunks of groups, and scatters the tiles into `out` (`m` rows of `rows`).
+fn run_packed_groups<A: Sync>(
+    rows: usize,
+    acts: &[&[A]],
+    out: &mut [f32],
+    tile: impl Fn(usize, &[&[A]], &mut [[f32; GROUP]; TILE]) + Sync,
+) {
+    let m = acts.len();
+    let groups = rows / GROUP;
+    let chunk = chunk_rows(groups).clamp(1, 64);
+    let n_chunks = groups.div_ceil(chunk);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n_chunks).into_par_iter().for_each(|c| {
+        let p = out_ptr;
+        let mut vals = [[0f32; GROUP]; TILE];
+        for g in c * chunk..((c + 1) * chunk).min(groups) {
+            for t0 in (0..m).step_by(TILE) {
+                let n_tok = TILE.min(m - t0);
+                tile(g, &acts[t0..t0 + n_tok], &mut vals);
+                for (t, v) in vals.iter().enumerate().take(n_tok) {
+                    // SAFETY: rows 8g..8g+8 of token t0 + t belong to this task only.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            v.as_ptr(),
+                            p.0.add((t0 + t) * rows + g * GROUP),
+                            GROUP,
+                        )
+                    };
+                }
+            }
+        }
+    });
+}
+
+/// `out[i * w.rows + r] = W[r] · x[i]` for a packed 32-element-block matrix (see [`crate::packed`]).
 pub fn matmul_packed(
     w: &PackedMatrix,
     x: &[f32],
@@ -108,8 +144,7 @@ pub fn matmul_packed(
     let (rows, cols) = (w.rows, w.cols);
     assert!(x.len() >= m * cols, "activation rows too short");
     assert!(out.len() >= m * rows, "output too short");
-    let nb = cols / QK;
-    let act_row = nb * std::mem::size_of::<BlockQ8A>();
+    let act_row = cols / QK * std::mem::size_of::<BlockQ8A>();
     scratch.resize(m * act_row);
     for (xr, ar) in x[..m * cols]
         .chunks_exact(cols)
@@ -122,42 +157,47 @@ pub fn matmul_packed(
         .chunks_exact(act_row)
         .map(as_blocks::<BlockQ8A>)
         .collect();
-    let groups = rows / GROUP;
-    let chunk = chunk_rows(groups).clamp(1, 64);
-    let n_chunks = groups.div_ceil(chunk);
-    let out_ptr = SendPtr(out.as_mut_ptr());
     let vnni = simd_level() >= SimdLevel::Avx512Vnni;
-    (0..n_chunks).into_par_iter().for_each(|c| {
-        let p = out_ptr;
-        let mut tile = [[0f32; GROUP]; TILE];
-        for g in c * chunk..((c + 1) * chunk).min(groups) {
-            for t0 in (0..m).step_by(TILE) {
-                let n_tok = TILE.min(m - t0);
-                let tile_acts = &acts[t0..t0 + n_tok];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: VNNI presence checked at run time.
-                    unsafe { crate::packed::vnni::group_tile(w, g, tile_acts, &mut tile) };
-                } else {
-                    for (t, a) in tile_acts.iter().enumerate() {
-                        group_dot_scalar(w, g, a, &mut tile[t]);
-                    }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                for (t, a) in tile_acts.iter().enumerate() {
-                    group_dot_scalar(w, g, a, &mut tile[t]);
-                }
-                for (t, vals) in tile.iter().enumerate().take(n_tok) {
-                    // SAFETY: rows 8g..8g+8 of token t0 + t belong to this task only.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            vals.as_ptr(),
-                            p.0.add((t0 + t) * rows + g * GROUP),
-                            GROUP,
-                        )
-                    };
-                }
-            }
+    run_packed_groups(rows, &acts, out, |g, tile_acts, vals| {
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: VNNI presence checked at run time.
+            unsafe { crate::packed::vnni::group_tile(w, g, tile_acts, vals) };
+            return;
         }
+        let _ = vnni;
+        for (t, a) in tile_acts.iter().enumerate() {
+            group_dot_scalar(w, g, a, &mut vals[t]);
+        }
+    });
+}
+
+/// `out[i * w.rows + r] = W[r] · x[i]` for a packed K-quant matrix (see [`crate::packed_k`]); such
+/// matrices only exist where the CPU has AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_packed_k(
+    w: &PackedKMatrix,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    scratch: &mut AlignedBytes,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert!(x.len() >= m * cols, "activation rows too short");
+    assert!(out.len() >= m * rows, "output too short");
+    assert!(
+        simd_level() >= SimdLevel::Avx512Vnni,
+        "packed K-quant matrices need AVX-512 VNNI"
+    );
+    quantize_rows(GgmlType::Q8K, x, m, cols, scratch);
+    let act_row = GgmlType::Q8K.row_bytes(cols);
+    let acts: Vec<&[BlockQ8K]> = scratch
+        .as_slice()
+        .chunks_exact(act_row)
+        .map(as_blocks::<BlockQ8K>)
+        .collect();
+    run_packed_groups(rows, &acts, out, |g, tile_acts, vals| {
+        // SAFETY: VNNI presence asserted above.
+        unsafe { crate::packed_k::vnni::group_tile(w, g, tile_acts, vals) };
     });
 }

@@ -36,7 +36,7 @@ pub fn quantize_row_q8a(x: &[f32], out: &mut [BlockQ8A]) {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in b.qs.iter_mut().zip(xs) {
-            let qi = (v * id).round_ties_even() as i32;
+            let qi = crate::quantize::round_even(v * id);
             *q = qi as i8;
             sum += qi;
         }

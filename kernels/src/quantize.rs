@@ -25,9 +25,12 @@ impl AlignedBytes {
     }
 }
 
-#[inline]
-fn round_even(x: f32) -> i32 {
-    x.round_ties_even() as i32
+/// Round half to even for |x| < 2^22, without a libm call (`rintf` is not inlined in a generic
+/// x86-64 build): adding 1.5 · 2^23 leaves the rounded integer in the low mantissa bits.
+#[inline(always)]
+pub fn round_even(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {

@@ -343,3 +343,62 @@ fn packed_matmul_matches_row_wise() {
         }
     }
 }
+
+#[test]
+fn packed_k_matmul_matches_row_wise() {
+    if inhaus_kernels::cpu::simd_level() < SimdLevel::Avx512Vnni {
+        eprintln!("no AVX-512 VNNI here: packed K-quant kernels are not used on this CPU");
+        return;
+    }
+    use inhaus_kernels::matmul::matmul_packed_k;
+    use inhaus_kernels::packed_k::PackedKMatrix;
+    let mut rng = Rng(17);
+    let (rows, cols) = (24, 512);
+    for t in [GgmlType::Q4K, GgmlType::Q6K] {
+        let w = rng.vec(rows * cols);
+        let (bytes, wdeq) = candle_quantize(t, &w);
+        let bytes = aligned(&bytes);
+        let packed = PackedKMatrix::pack(t, rows, cols, bytes.as_slice()).expect("packable");
+        for m in [1usize, 2, 5] {
+            let x = rng.vec(m * cols);
+            let mut got = vec![0f32; m * rows];
+            let mut want = vec![0f32; m * rows];
+            let mut scratch = AlignedBytes::default();
+            matmul_packed_k(&packed, &x, m, &mut got, &mut scratch);
+            let mat = QMatrix {
+                dtype: t,
+                rows,
+                cols,
+                data: bytes.as_slice(),
+            };
+            matmul(&mat, &x, m, &mut want, &mut scratch);
+            for i in 0..m * rows {
+                let (r, tok) = (i % rows, i / rows);
+                let scale: f32 = (0..cols)
+                    .map(|c| (wdeq[r * cols + c] * x[tok * cols + c]).abs())
+                    .sum();
+                assert!(
+                    (got[i] - want[i]).abs() <= 1e-4 * scale + 1e-4,
+                    "{t:?} m={m} out {i}: packed {} vs row-wise {}",
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_rounding_is_round_half_to_even() {
+    use inhaus_kernels::quantize::round_even;
+    for x in [
+        -127.5f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 3.49, 126.5, 127.0, 127.5,
+    ] {
+        assert_eq!(round_even(x), x.round_ties_even() as i32, "{x}");
+    }
+    let mut rng = Rng(5);
+    for _ in 0..100_000 {
+        let x = rng.normal() * 40.0;
+        assert_eq!(round_even(x), x.round_ties_even() as i32, "{x}");
+    }
+}

@@ -5,6 +5,7 @@ use crate::Result;
 use inhaus_kernels::cpu::{simd_level, SimdLevel};
 use inhaus_kernels::matmul::{matmul, matmul_packed, QMatrix};
 use inhaus_kernels::packed::PackedMatrix;
+use inhaus_kernels::packed_k::PackedKMatrix;
 use inhaus_kernels::quant::dequantize_row;
 use inhaus_kernels::quantize::AlignedBytes;
 use memmap2::Mmap;
@@ -20,7 +21,13 @@ pub struct Matrix {
     mmap: Arc<Mmap>,
     offset: usize,
     len: usize,
-    packed: Option<Arc<PackedMatrix>>,
+    packed: Option<Arc<Packed>>,
+}
+
+/// A matrix re-laid for the VNNI kernels.
+enum Packed {
+    Block32(PackedMatrix),
+    KQuant(PackedKMatrix),
 }
 
 impl Matrix {
@@ -47,17 +54,29 @@ impl Matrix {
             len: loc.len,
             packed: None,
         };
-        if simd_level() >= SimdLevel::Avx512Vnni && PackedMatrix::supports(m.dtype, rows) {
-            m.packed = PackedMatrix::pack(m.dtype, rows, cols, m.data()).map(Arc::new);
+        if simd_level() >= SimdLevel::Avx512Vnni {
+            let data = m.data();
+            m.packed = if PackedMatrix::supports(m.dtype, rows) {
+                PackedMatrix::pack(m.dtype, rows, cols, data).map(Packed::Block32)
+            } else if cfg!(target_arch = "x86_64") && PackedKMatrix::supports(m.dtype, rows) {
+                PackedKMatrix::pack(m.dtype, rows, cols, data).map(Packed::KQuant)
+            } else {
+                None
+            }
+            .map(Arc::new);
         }
         Ok(m)
     }
 
     /// `out[i * rows + r] = self[r] · x[i]` for the `m` rows of `x`.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], scratch: &mut AlignedBytes) {
-        match &self.packed {
-            Some(p) => matmul_packed(p, x, m, out, scratch),
-            None => matmul(&self.as_qmatrix(), x, m, out, scratch),
+        match self.packed.as_deref() {
+            Some(Packed::Block32(p)) => matmul_packed(p, x, m, out, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Some(Packed::KQuant(p)) => {
+                inhaus_kernels::matmul::matmul_packed_k(p, x, m, out, scratch)
+            }
+            _ => matmul(&self.as_qmatrix(), x, m, out, scratch),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The `inhaus` command line: parses arguments and dispatches; the work lives in the library.
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use inhaus::chat_template::ChatMessage;
 use inhaus::engine::generate::{generate, GenerateOptions};
@@ -75,10 +75,7 @@ fn init_threads(threads: Option<usize>) -> Result<usize> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .context("starting the thread pool")?;
+    inhaus_kernels::pool::init(n);
     Ok(n)
 }
 

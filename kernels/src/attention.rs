@@ -7,8 +7,8 @@
 //! result is the same whoever shares the step with it.
 use crate::dot::{axpy_f16, dot_f32_f16};
 use crate::ops::softmax_inplace;
+use crate::pool::parallel_for;
 use half::f16;
-use rayon::prelude::*;
 
 /// One layer's K and V storage, borrowed.
 #[derive(Clone, Copy)]
@@ -70,6 +70,11 @@ pub fn write_kv(
     }
 }
 
+thread_local! {
+    /// Per-thread score buffer, reused across calls.
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: each task writes the heads of its own (token, KV head) group only.
@@ -91,50 +96,51 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    items
-        .par_iter()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, t, kvh)| {
-            let seq = &seqs[s];
-            let row = seq.token_start + t;
-            let pos = seq.first_pos + t;
-            let lo = match p.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let n_keys = pos + 1 - lo;
-            scores.clear();
-            scores.resize(group * n_keys, 0.0);
-            let slot_of = |j: usize| {
-                seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
-            };
-            for (jj, j) in (lo..=pos).enumerate() {
-                let base = slot_of(j) * kv_dim + kvh * hd;
-                let k = &kv.k[base..base + hd];
-                for g in 0..group {
-                    let h = kvh * group + g;
-                    let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
-                    let mut sc = dot_f32_f16(qh, k) * p.scale;
-                    if let Some(cap) = p.softcap {
-                        sc = cap * (sc / cap).tanh();
-                    }
-                    scores[g * n_keys + jj] = sc;
-                }
-            }
-            for g in 0..group {
-                softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
-            }
-            let p_out = out_ptr;
+    parallel_for(items.len(), |item| {
+        let (s, t, kvh) = items[item];
+        let mut scores_buf = SCORES.with(|c| c.take());
+        let scores = &mut scores_buf;
+        let seq = &seqs[s];
+        let row = seq.token_start + t;
+        let pos = seq.first_pos + t;
+        let lo = match p.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let n_keys = pos + 1 - lo;
+        scores.clear();
+        scores.resize(group * n_keys, 0.0);
+        let slot_of = |j: usize| {
+            seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
+        };
+        for (jj, j) in (lo..=pos).enumerate() {
+            let base = slot_of(j) * kv_dim + kvh * hd;
+            let k = &kv.k[base..base + hd];
             for g in 0..group {
                 let h = kvh * group + g;
-                // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd)
-                };
-                o.fill(0.0);
-                for (jj, j) in (lo..=pos).enumerate() {
-                    let base = slot_of(j) * kv_dim + kvh * hd;
-                    axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+                let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
+                let mut sc = dot_f32_f16(qh, k) * p.scale;
+                if let Some(cap) = p.softcap {
+                    sc = cap * (sc / cap).tanh();
                 }
+                scores[g * n_keys + jj] = sc;
             }
-        });
+        }
+        for g in 0..group {
+            softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
+        }
+        let p_out = out_ptr;
+        for g in 0..group {
+            let h = kvh * group + g;
+            // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd) };
+            o.fill(0.0);
+            for (jj, j) in (lo..=pos).enumerate() {
+                let base = slot_of(j) * kv_dim + kvh * hd;
+                axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+            }
+        }
+        SCORES.with(|c| c.set(scores_buf));
+    });
 }

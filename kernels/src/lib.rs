@@ -6,6 +6,7 @@
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
 //! - [`packed`], [`packed_k`]: weights re-laid in 8-row groups for VNNI GEMV/GEMM.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
+//! - [`pool`]: the spinning compute thread pool every parallel kernel runs on.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
 // Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
 #![allow(clippy::needless_range_loop)]
@@ -17,6 +18,7 @@ pub mod matmul;
 pub mod ops;
 pub mod packed;
 pub mod packed_k;
+pub mod pool;
 pub mod quant;
 pub mod quantize;
 

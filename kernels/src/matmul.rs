@@ -8,9 +8,9 @@ use crate::cpu::{simd_level, SimdLevel};
 use crate::dot::{dot_f32, dot_fn};
 use crate::packed::{group_dot_scalar, quantize_row_q8a, BlockQ8A, PackedMatrix, GROUP};
 use crate::packed_k::PackedKMatrix;
+use crate::pool::{parallel_for, threads};
 use crate::quant::{as_blocks, as_blocks_mut, dequantize_row, BlockQ8K, GgmlType, QK};
 use crate::quantize::{quantize_rows, AlignedBytes};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use crate::packed::vnni::TILE;
@@ -49,7 +49,7 @@ unsafe impl Sync for SendPtr {}
 /// Rows of weights one task takes: enough tasks to balance the threads, few enough to keep the
 /// scheduling overhead small.
 fn chunk_rows(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads().max(1);
     let target_tasks = threads * 8;
     (rows.div_ceil(target_tasks)).clamp(8, 512)
 }
@@ -69,7 +69,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
             let act = scratch.as_slice();
             let arb = partner.row_bytes(cols);
             let wrb = w.row_bytes();
-            (0..n_chunks).into_par_iter().for_each(|c| {
+            parallel_for(n_chunks, |c| {
                 let p = out_ptr;
                 for r in c * chunk..((c + 1) * chunk).min(rows) {
                     let wr = &w.data[r * wrb..(r + 1) * wrb];
@@ -82,7 +82,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
             });
         }
         None => {
-            (0..n_chunks).into_par_iter().for_each(|c| {
+            parallel_for(n_chunks, |c| {
                 let p = out_ptr;
                 let mut wf = vec![0f32; cols];
                 for r in c * chunk..((c + 1) * chunk).min(rows) {
@@ -111,7 +111,7 @@ fn run_packed_groups<A: Sync>(
     let chunk = chunk_rows(groups).clamp(1, 64);
     let n_chunks = groups.div_ceil(chunk);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..n_chunks).into_par_iter().for_each(|c| {
+    parallel_for(n_chunks, |c| {
         let p = out_ptr;
         let mut vals = [[0f32; GROUP]; TILE];
         for g in c * chunk..((c + 1) * chunk).min(groups) {

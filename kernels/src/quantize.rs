@@ -88,6 +88,12 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     }
 }
 
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: tasks write disjoint rows.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
 /// Quantizes `m` rows of `k` f32 values to `partner` format into `buf` (row after row).
 pub fn quantize_rows(partner: GgmlType, x: &[f32], m: usize, k: usize, buf: &mut AlignedBytes) {
     let row_bytes = partner.row_bytes(k);
@@ -100,11 +106,13 @@ pub fn quantize_rows(partner: GgmlType, x: &[f32], m: usize, k: usize, buf: &mut
         other => unreachable!("{other:?} is not an activation format"),
     };
     if m >= 8 {
-        use rayon::prelude::*;
-        x[..m * k]
-            .par_chunks_exact(k)
-            .zip(bytes.par_chunks_exact_mut(row_bytes))
-            .for_each(run);
+        let ptr = SendPtr(bytes.as_mut_ptr());
+        crate::pool::parallel_for(m, |i| {
+            let p = ptr;
+            // SAFETY: row i of the output is written by task i only.
+            let out = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * row_bytes), row_bytes) };
+            run((&x[i * k..(i + 1) * k], out));
+        });
     } else {
         x[..m * k]
             .chunks_exact(k)

@@ -5,7 +5,7 @@
 //! `n_kv_heads * head_dim` f16 values. Work is split over (query token, KV head); the query heads of a
 //! group share one pass over the keys and values. No reduction depends on the batch, so a sequence's
 //! result is the same whoever shares the step with it.
-use crate::dot::{axpy_f16, dot_f32_f16};
+use crate::dot::{axpy_f32, dot_f32, f16_to_f32};
 use crate::ops::softmax_inplace;
 use crate::pool::parallel_for;
 use half::f16;
@@ -71,8 +71,8 @@ pub fn write_kv(
 }
 
 thread_local! {
-    /// Per-thread score buffer, reused across calls.
-    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Per-thread scores and converted K/V row, reused across calls.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 #[derive(Clone, Copy)]
@@ -80,6 +80,10 @@ struct SendPtr(*mut f32);
 // SAFETY: each task writes the heads of its own (token, KV head) group only.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// Query tokens of one sequence handled together: each cached K/V row is converted to f32 once and
+/// used by every token and query head of the tile.
+const TOKEN_TILE: usize = 8;
 
 /// `out` (tokens × n_heads × head_dim) = softmax(q·kᵀ · scale) · v over each sequence's cached positions.
 pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLayer, p: &AttnParams) {
@@ -89,58 +93,97 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
     let kv_dim = kv.n_kv_heads * hd;
     let mut items = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
-        for t in 0..seq.n_tokens {
+        for t0 in (0..seq.n_tokens).step_by(TOKEN_TILE) {
             for h in 0..kv.n_kv_heads {
-                items.push((s, t, h));
+                items.push((s, t0, h));
             }
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(items.len(), |item| {
-        let (s, t, kvh) = items[item];
-        let mut scores_buf = SCORES.with(|c| c.take());
-        let scores = &mut scores_buf;
+        let (s, t0, kvh) = items[item];
         let seq = &seqs[s];
-        let row = seq.token_start + t;
-        let pos = seq.first_pos + t;
-        let lo = match p.window {
+        let t1 = (t0 + TOKEN_TILE).min(seq.n_tokens);
+        let window_lo = |pos: usize| match p.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let n_keys = pos + 1 - lo;
-        scores.clear();
-        scores.resize(group * n_keys, 0.0);
+        // Keys any token of the tile sees; token t sees window_lo(pos_t)..=pos_t.
+        let lo = window_lo(seq.first_pos + t0);
+        let hi = seq.first_pos + t1 - 1;
+        let n_keys = hi + 1 - lo;
         let slot_of = |j: usize| {
             seq.block_table[j / kv.block_size] as usize * kv.block_size + j % kv.block_size
         };
-        for (jj, j) in (lo..=pos).enumerate() {
+        let mut bufs = SCRATCH.with(|c| c.take());
+        let (scores, row) = {
+            let (a, b) = &mut bufs;
+            a.clear();
+            a.resize((t1 - t0) * group * n_keys, f32::NEG_INFINITY);
+            b.clear();
+            b.resize(hd, 0.0);
+            (a, b)
+        };
+        for j in lo..=hi {
             let base = slot_of(j) * kv_dim + kvh * hd;
-            let k = &kv.k[base..base + hd];
-            for g in 0..group {
-                let h = kvh * group + g;
-                let qh = &q[row * q_stride + h * hd..row * q_stride + (h + 1) * hd];
-                let mut sc = dot_f32_f16(qh, k) * p.scale;
-                if let Some(cap) = p.softcap {
-                    sc = cap * (sc / cap).tanh();
+            f16_to_f32(&kv.k[base..base + hd], row);
+            for t in t0..t1 {
+                let pos = seq.first_pos + t;
+                if j > pos || j < window_lo(pos) {
+                    continue;
                 }
-                scores[g * n_keys + jj] = sc;
+                let qrow = seq.token_start + t;
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    let qh = &q[qrow * q_stride + h * hd..qrow * q_stride + (h + 1) * hd];
+                    let mut sc = dot_f32(qh, row) * p.scale;
+                    if let Some(cap) = p.softcap {
+                        sc = cap * (sc / cap).tanh();
+                    }
+                    scores[((t - t0) * group + g) * n_keys + (j - lo)] = sc;
+                }
             }
         }
-        for g in 0..group {
-            softmax_inplace(&mut scores[g * n_keys..(g + 1) * n_keys]);
+        for t in t0..t1 {
+            let pos = seq.first_pos + t;
+            let (a, b) = (window_lo(pos) - lo, pos - lo);
+            for g in 0..group {
+                let r = ((t - t0) * group + g) * n_keys;
+                softmax_inplace(&mut scores[r + a..=r + b]);
+            }
         }
         let p_out = out_ptr;
-        for g in 0..group {
-            let h = kvh * group + g;
-            // SAFETY: head h of token `row` belongs to this (token, KV head) item only.
-            let o =
-                unsafe { std::slice::from_raw_parts_mut(p_out.0.add(row * q_stride + h * hd), hd) };
-            o.fill(0.0);
-            for (jj, j) in (lo..=pos).enumerate() {
-                let base = slot_of(j) * kv_dim + kvh * hd;
-                axpy_f16(o, scores[g * n_keys + jj], &kv.v[base..base + hd]);
+        for t in t0..t1 {
+            let qrow = seq.token_start + t;
+            for g in 0..group {
+                let h = kvh * group + g;
+                // SAFETY: head h of token `qrow` belongs to this (tile, KV head) item only.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(p_out.0.add(qrow * q_stride + h * hd), hd)
+                };
+                o.fill(0.0);
             }
         }
-        SCORES.with(|c| c.set(scores_buf));
+        for j in lo..=hi {
+            let base = slot_of(j) * kv_dim + kvh * hd;
+            f16_to_f32(&kv.v[base..base + hd], row);
+            for t in t0..t1 {
+                let pos = seq.first_pos + t;
+                if j > pos || j < window_lo(pos) {
+                    continue;
+                }
+                let qrow = seq.token_start + t;
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    let w = scores[((t - t0) * group + g) * n_keys + (j - lo)];
+                    // SAFETY: as above.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(p_out.0.add(qrow * q_stride + h * hd), hd)
+                    };
+                    axpy_f32(o, w, row);
+                }
+            }
+        }
+        SCRATCH.with(|c| c.set(bufs));
     });
 }

@@ -81,14 +81,76 @@ pub fn rope_apply(x: &mut [f32], head_dim: usize, angles: &[(f32, f32)], style: 
     }
 }
 
-/// GELU (tanh approximation) of `gate`, times `up`, written into `gate`.
-pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+/// GELU with the tanh approximation, in f32.
+pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// GELU of every f16 value, rounded to f16 (as llama.cpp tabulates it), stored as f32.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                half::f16::from_f32(gelu_tanh(half::f16::from_bits(bits).to_f32())).to_f32()
+            })
+            .collect()
+    })
+}
+
+/// GELU (tanh approximation) of `gate`, times `up`, written into `gate`. Like llama.cpp, the GELU is
+/// looked up by the input rounded to f16 (exact outside ±10: 0 and x), which is both fast and the
+/// reference's numerics.
+pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
+        // SAFETY: AVX2/F16C presence checked at run time; the table covers every u16 index.
+        unsafe { gelu_mul_avx2(gate, up, table) };
+        return;
+    }
     for (g, u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
-        *g = y * u;
+        *g = gelu_lookup(*g, table) * u;
+    }
+}
+
+#[inline]
+fn gelu_lookup(x: f32, table: &[f32]) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[half::f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gelu_mul_avx2(gate: &mut [f32], up: &[f32], table: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = gate.len().min(up.len());
+    let lo = _mm256_set1_ps(-10.0);
+    let hi = _mm256_set1_ps(10.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+        let idx = _mm256_cvtepu16_epi32(h);
+        let y = _mm256_i32gather_ps::<4>(table.as_ptr(), idx);
+        let y = _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
+        let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LE_OQ>(x, lo));
+        _mm256_storeu_ps(
+            gate.as_mut_ptr().add(i),
+            _mm256_mul_ps(y, _mm256_loadu_ps(up.as_ptr().add(i))),
+        );
+        i += 8;
+    }
+    while i < n {
+        gate[i] = gelu_lookup(gate[i], table) * up[i];
+        i += 1;
     }
 }
 

@@ -210,9 +210,10 @@ fn paged_attention_matches_contiguous_attention() {
     let n_blocks = 16;
     let mut kc = vec![f16::ZERO; n_blocks * bs * kv_dim];
     let mut vc = vec![f16::ZERO; n_blocks * bs * kv_dim];
-    // Two sequences with scattered blocks: A has 9 cached positions + 1 new, B is a 5-token prefill.
-    let tables: [Vec<u32>; 2] = [vec![7, 2, 11], vec![5, 0]];
-    let lens = [10usize, 5];
+    // Two sequences with scattered blocks: A has 9 cached positions + 1 new; B has 3 cached and a
+    // 16-token prefill chunk (two token tiles).
+    let tables: [Vec<u32>; 2] = [vec![7, 2, 11], vec![5, 0, 9, 13, 1]];
+    let lens = [10usize, 19];
     let mut keys = Vec::new();
     let mut vals = Vec::new();
     for (s, len) in lens.iter().enumerate() {
@@ -400,5 +401,37 @@ fn fast_rounding_is_round_half_to_even() {
     for _ in 0..100_000 {
         let x = rng.normal() * 40.0;
         assert_eq!(round_even(x), x.round_ties_even() as i32, "{x}");
+    }
+}
+
+#[test]
+fn gelu_table_matches_f32_gelu_within_f16_rounding() {
+    use inhaus_kernels::ops::{gelu_tanh, gelu_tanh_mul};
+    let mut rng = Rng(23);
+    let mut x: Vec<f32> = (0..1000).map(|_| rng.normal() * 4.0).collect();
+    x.extend([
+        -12.0,
+        -10.0,
+        -9.99,
+        0.0,
+        9.99,
+        10.0,
+        15.0,
+        f32::MIN_POSITIVE,
+    ]);
+    let up: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+    let mut g = x.clone();
+    gelu_tanh_mul(&mut g, &up);
+    for i in 0..x.len() {
+        let want = gelu_tanh(x[i]) * up[i];
+        // Input and output are rounded to f16 (relative 2^-11 each), plus the slope of GELU.
+        let tol = 2e-3 * (want.abs() + x[i].abs() * up[i]) + 1e-6;
+        assert!(
+            (g[i] - want).abs() <= tol,
+            "x {}: {} vs {}",
+            x[i],
+            g[i],
+            want
+        );
     }
 }

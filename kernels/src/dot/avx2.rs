@@ -301,42 +301,35 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    let bp = b.as_ptr() as *const u16;
-    while i + 16 <= n {
-        let b0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
-        let b1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i + 8) as *const __m128i));
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), b0, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), b1, acc1);
-        i += 16;
-    }
-    let mut s = hsum_ps(_mm256_add_ps(acc0, acc1));
-    while i < n {
-        s += a[i] * b[i].to_f32();
-        i += 1;
-    }
-    s
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy_f16(y: &mut [f32], alpha: f32, x: &[half::f16]) {
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
     let n = y.len().min(x.len());
     let av = _mm256_set1_ps(alpha);
-    let xp = x.as_ptr() as *const u16;
     let mut i = 0;
     while i + 8 <= n {
-        let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
         let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+        let xv = _mm256_loadu_ps(x.as_ptr().add(i));
         _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_fmadd_ps(av, xv, yv));
         i += 8;
     }
     while i < n {
-        y[i] += alpha * x[i].to_f32();
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_to_f32(x: &[half::f16], out: &mut [f32]) {
+    let n = out.len().min(x.len());
+    let xp = x.as_ptr() as *const u16;
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        i += 8;
+    }
+    while i < n {
+        out[i] = x[i].to_f32();
         i += 1;
     }
 }

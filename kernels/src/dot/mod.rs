@@ -45,24 +45,26 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     scalar::dot_f32(a, b)
 }
 
-/// f32 · f16 (KV cache keys), accumulated in f32.
-pub fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
+/// y += alpha * x.
+pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() >= SimdLevel::Avx2 {
-        // SAFETY: AVX2/FMA/F16C presence checked at run time.
-        return unsafe { avx2::dot_f32_f16(a, b) };
-    }
-    scalar::dot_f32_f16(a, b)
-}
-
-/// y += alpha * x where x is f16 (KV cache values).
-pub fn axpy_f16(y: &mut [f32], alpha: f32, x: &[half::f16]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd_level() >= SimdLevel::Avx2 {
-        // SAFETY: AVX2/FMA/F16C presence checked at run time.
-        return unsafe { avx2::axpy_f16(y, alpha, x) };
+        // SAFETY: AVX2/FMA presence checked at run time.
+        return unsafe { avx2::axpy_f32(y, alpha, x) };
     }
     for (yv, xv) in y.iter_mut().zip(x) {
-        *yv += alpha * xv.to_f32();
+        *yv += alpha * xv;
+    }
+}
+
+/// Converts f16 values (KV cache rows) to f32.
+pub fn f16_to_f32(x: &[half::f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() >= SimdLevel::Avx2 {
+        // SAFETY: AVX2/F16C presence checked at run time.
+        return unsafe { avx2::f16_to_f32(x, out) };
+    }
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.to_f32();
     }
 }

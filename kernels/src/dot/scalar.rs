@@ -175,7 +175,3 @@ pub fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
-
-pub fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
-}

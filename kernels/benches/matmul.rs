@@ -3,6 +3,7 @@
 //! Run: cargo bench -p inhaus-kernels --bench matmul
 use inhaus_kernels::matmul::{matmul, matmul_packed, QMatrix};
 use inhaus_kernels::packed::PackedMatrix;
+use inhaus_kernels::packed_k::PackedKMatrix;
 use inhaus_kernels::quant::GgmlType;
 use inhaus_kernels::quantize::AlignedBytes;
 use std::time::Instant;
@@ -15,6 +16,8 @@ fn main() {
         (GgmlType::Q6K, 640, 2048, "gemma ffn_down (Q6_K)"),
         (GgmlType::Q4_1, 1536, 576, "smollm ffn_up (Q4_1)"),
         (GgmlType::Q8_0, 4864, 896, "qwen ffn_up (Q8_0)"),
+        (GgmlType::Q4K, 8960, 1536, "qwen1.5b ffn_up (Q4_K)"),
+        (GgmlType::Q6K, 1536, 8960, "qwen1.5b ffn_down (Q6_K)"),
     ];
     println!("simd: {}", inhaus_kernels::cpu::simd_level().name());
     for &(t, rows, cols, name) in shapes {
@@ -34,14 +37,21 @@ fn main() {
             data: data.as_slice(),
         };
         let packed = PackedMatrix::pack(t, rows, cols, data.as_slice());
+        let packed_k = PackedKMatrix::pack(t, rows, cols, data.as_slice());
         for (m, use_packed) in [(1usize, false), (64, false), (1, true), (64, true)] {
-            if use_packed && packed.is_none() {
+            if use_packed && packed.is_none() && packed_k.is_none() {
                 continue;
             }
             let run = |x: &[f32], out: &mut [f32], scratch: &mut AlignedBytes| match (
                 &packed, use_packed,
             ) {
                 (Some(p), true) => matmul_packed(p, x, m, out, scratch),
+                #[cfg(target_arch = "x86_64")]
+                (None, true) if packed_k.is_some() => {
+                    if let Some(pk) = &packed_k {
+                        inhaus_kernels::matmul::matmul_packed_k(pk, x, m, out, scratch)
+                    }
+                }
                 _ => matmul(&w, x, m, out, scratch),
             };
             let x: Vec<f32> = (0..m * cols)

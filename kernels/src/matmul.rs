@@ -12,10 +12,10 @@ use crate::pool::{parallel_for, threads};
 use crate::quant::{as_blocks, as_blocks_mut, dequantize_row, BlockQ8K, GgmlType, QK};
 use crate::quantize::{quantize_rows, AlignedBytes};
 
-#[cfg(target_arch = "x86_64")]
-use crate::packed::vnni::TILE;
-#[cfg(not(target_arch = "x86_64"))]
-const TILE: usize = 4;
+/// The most tokens a packed kernel processes per pass over a weight group.
+pub const MAX_TILE: usize = 8;
+/// Tokens per pass of the 32-element block kernels (their unpacked weights are cheaper to redo).
+const BLOCK32_TILE: usize = 4;
 
 /// A borrowed weight matrix in GGUF layout: `rows` rows of `cols` elements of `dtype`.
 #[derive(Clone, Copy, Debug)]
@@ -104,7 +104,8 @@ fn run_packed_groups<A: Sync>(
     rows: usize,
     acts: &[&[A]],
     out: &mut [f32],
-    tile: impl Fn(usize, &[&[A]], &mut [[f32; GROUP]; TILE]) + Sync,
+    tile_tokens: usize,
+    tile: impl Fn(usize, &[&[A]], &mut [[f32; GROUP]; MAX_TILE]) + Sync,
 ) {
     let m = acts.len();
     let groups = rows / GROUP;
@@ -113,10 +114,10 @@ fn run_packed_groups<A: Sync>(
     let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(n_chunks, |c| {
         let p = out_ptr;
-        let mut vals = [[0f32; GROUP]; TILE];
+        let mut vals = [[0f32; GROUP]; MAX_TILE];
         for g in c * chunk..((c + 1) * chunk).min(groups) {
-            for t0 in (0..m).step_by(TILE) {
-                let n_tok = TILE.min(m - t0);
+            for t0 in (0..m).step_by(tile_tokens) {
+                let n_tok = tile_tokens.min(m - t0);
                 tile(g, &acts[t0..t0 + n_tok], &mut vals);
                 for (t, v) in vals.iter().enumerate().take(n_tok) {
                     // SAFETY: rows 8g..8g+8 of token t0 + t belong to this task only.
@@ -158,7 +159,7 @@ pub fn matmul_packed(
         .map(as_blocks::<BlockQ8A>)
         .collect();
     let vnni = simd_level() >= SimdLevel::Avx512Vnni;
-    run_packed_groups(rows, &acts, out, |g, tile_acts, vals| {
+    run_packed_groups(rows, &acts, out, BLOCK32_TILE, |g, tile_acts, vals| {
         #[cfg(target_arch = "x86_64")]
         if vnni {
             // SAFETY: VNNI presence checked at run time.
@@ -196,7 +197,7 @@ pub fn matmul_packed_k(
         .chunks_exact(act_row)
         .map(as_blocks::<BlockQ8K>)
         .collect();
-    run_packed_groups(rows, &acts, out, |g, tile_acts, vals| {
+    run_packed_groups(rows, &acts, out, MAX_TILE, |g, tile_acts, vals| {
         // SAFETY: VNNI presence asserted above.
         unsafe { crate::packed_k::vnni::group_tile(w, g, tile_acts, vals) };
     });

@@ -256,6 +256,8 @@ pub mod vnni {
 
     /// Tokens that share one unpacked weight block.
     pub const TILE: usize = 4;
+    /// The output tile the shared driver passes (room for the K-quant kernels' 8 tokens).
+    type Out = [[f32; GROUP]; crate::matmul::MAX_TILE];
 
     const Q8_0: u8 = 0;
     const Q4_0: u8 = 1;
@@ -302,7 +304,7 @@ pub mod vnni {
         nb: usize,
         off: i32,
         acts: &[&[BlockQ8A]],
-        out: &mut [[f32; GROUP]; TILE],
+        out: &mut Out,
     ) {
         let qstart = if F == Q4_1 { 32 } else { 16 };
         let a_ptr: [*const BlockQ8A; N] = std::array::from_fn(|t| acts[t].as_ptr());
@@ -352,12 +354,7 @@ pub mod vnni {
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
     /// `m.cols / 32` blocks and `g` must be a group of `m`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group_tile(
-        m: &PackedMatrix,
-        g: usize,
-        acts: &[&[BlockQ8A]],
-        out: &mut [[f32; GROUP]; TILE],
-    ) {
+    pub unsafe fn group_tile(m: &PackedMatrix, g: usize, acts: &[&[BlockQ8A]], out: &mut Out) {
         let rec = m.record();
         let nb = m.cols / QK;
         let off = m.offset();

@@ -6,7 +6,7 @@
 //! share a 32-byte load as low and high nibbles); `vpdpbusd` with a broadcast of 4 activation bytes
 //! advances 8 rows at once. Sub-block scales are kept per row as bytes and applied in 32-bit integers.
 //! - Q4_K (1184 bytes, 8 × 144 + 32): d[8], dmin[8] (f16); scales[8 sub-blocks][8 rows], mins[8][8]
-//!   (u8, unpacked from the 6-bit fields); nibbles: pair (c, q) for sub-block pair c = 0..4 and quad
+//!   (u8, unpacked from the 6-bit fields; mins as [sub-block pair][row][2] for `vpmaddwd`); nibbles: pair (c, q) for sub-block pair c = 0..4 and quad
 //!   q = 0..8 holds columns 64c + 4q + t (low) and 64c + 32 + 4q + t (high).
 //! - Q6_K (1680 bytes, exactly 8 × 210): d[8] (f16); scales[16 groups][8 rows] (i8); low nibbles:
 //!   vector p = 0..32 holds quad p (low) and quad p + 32 (high); high bits: vector h = 0..16 holds
@@ -97,7 +97,7 @@ impl PackedKMatrix {
                             record[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk.dmin.to_le_bytes());
                             for j in 0..8 {
                                 record[32 + 8 * j + r] = sc[j];
-                                record[96 + 8 * j + r] = mn[j];
+                                record[96 + 16 * (j / 2) + 2 * r + j % 2] = mn[j];
                             }
                         }
                         _ => {
@@ -174,7 +174,7 @@ pub mod vnni {
     use crate::quant::{GgmlType, QK_K};
     use std::arch::x86_64::*;
 
-    pub const TILE: usize = 4;
+    pub const TILE: usize = crate::matmul::MAX_TILE;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -198,7 +198,9 @@ pub mod vnni {
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(r.add(16) as *const __m128i));
             let mut sumi = [_mm256_setzero_si256(); N];
-            let mut summ = [_mm256_setzero_si256(); N];
+            let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(r.add(96 + 16 * p) as *const __m128i))
+            });
             for c in 0..4 {
                 let mut lo = [_mm256_setzero_si256(); 8];
                 let mut hi = [_mm256_setzero_si256(); 8];
@@ -211,10 +213,6 @@ pub mod vnni {
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(32 + 16 * c) as *const __m128i));
                 let sc_hi =
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(40 + 16 * c) as *const __m128i));
-                let mn_lo =
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(96 + 16 * c) as *const __m128i));
-                let mn_hi =
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(104 + 16 * c) as *const __m128i));
                 for t in 0..N {
                     let a = &*a_ptr[t].add(b);
                     let aq = a.qs.as_ptr().add(64 * c);
@@ -235,22 +233,24 @@ pub mod vnni {
                             _mm256_mullo_epi32(dh, sc_hi),
                         ),
                     );
-                    let bs_lo = a.bsums[4 * c] as i32 + a.bsums[4 * c + 1] as i32;
-                    let bs_hi = a.bsums[4 * c + 2] as i32 + a.bsums[4 * c + 3] as i32;
-                    summ[t] = _mm256_add_epi32(
-                        summ[t],
-                        _mm256_add_epi32(
-                            _mm256_mullo_epi32(mn_lo, _mm256_set1_epi32(bs_lo)),
-                            _mm256_mullo_epi32(mn_hi, _mm256_set1_epi32(bs_hi)),
-                        ),
-                    );
                 }
             }
             for t in 0..N {
-                let ad = _mm256_set1_ps((*a_ptr[t].add(b)).d);
+                let a = &*a_ptr[t].add(b);
+                // Σ_j min_j · (sum of the sub-block's activation quants), two sub-blocks per vpmaddwd.
+                let mut summ = _mm256_setzero_si256();
+                for (p, mp) in mins.iter().enumerate() {
+                    let s0 = (a.bsums[4 * p] as i32 + a.bsums[4 * p + 1] as i32) as u16 as u32;
+                    let s1 = (a.bsums[4 * p + 2] as i32 + a.bsums[4 * p + 3] as i32) as u16 as u32;
+                    summ = _mm256_add_epi32(
+                        summ,
+                        _mm256_madd_epi16(*mp, _mm256_set1_epi32((s0 | (s1 << 16)) as i32)),
+                    );
+                }
+                let ad = _mm256_set1_ps(a.d);
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
                 acc[t] =
-                    _mm256_fnmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(summ[t]), acc[t]);
+                    _mm256_fnmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(summ), acc[t]);
             }
         }
         for t in 0..N {
@@ -273,7 +273,7 @@ pub mod vnni {
         for b in 0..nb {
             let r = base.add(b * rec);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
-            let mut sumi = [_mm256_setzero_si256(); N];
+            let mut sumf = [_mm256_setzero_ps(); N];
             for h in 0..8 {
                 let hia = _mm256_loadu_si256(r.add(1168 + 32 * h) as *const __m256i);
                 let hib = _mm256_loadu_si256(r.add(1168 + 32 * (h + 8)) as *const __m256i);
@@ -293,11 +293,12 @@ pub mod vnni {
                     wb[s] =
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), top(hib, s));
                 }
-                let sca =
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(r.add(16 + 8 * h) as *const __m128i));
-                let scb = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    r.add(16 + 8 * (h + 8)) as *const __m128i
-                ));
+                let scale = |g: usize| {
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        r.add(16 + 8 * g) as *const __m128i
+                    )))
+                };
+                let (sca, scb) = (scale(h), scale(h + 8));
                 for t in 0..N {
                     let a = &*a_ptr[t].add(b);
                     let qa = a.qs.as_ptr().add(16 * h);
@@ -308,15 +309,13 @@ pub mod vnni {
                         da = _mm256_dpbusd_epi32(da, wa[s], bcast(qa.add(4 * s)));
                         db = _mm256_dpbusd_epi32(db, wb[s], bcast(qb.add(4 * s)));
                     }
-                    sumi[t] = _mm256_add_epi32(
-                        sumi[t],
-                        _mm256_add_epi32(_mm256_mullo_epi32(da, sca), _mm256_mullo_epi32(db, scb)),
-                    );
+                    sumf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(da), sca, sumf[t]);
+                    sumf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(db), scb, sumf[t]);
                 }
             }
             for t in 0..N {
                 let ad = _mm256_set1_ps((*a_ptr[t].add(b)).d);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), sumf[t], acc[t]);
             }
         }
         for t in 0..N {
@@ -344,13 +343,29 @@ pub mod vnni {
                     1 => $f::<1>(base, nb, acts, out),
                     2 => $f::<2>(base, nb, acts, out),
                     3 => $f::<3>(base, nb, acts, out),
-                    _ => $f::<4>(base, nb, acts, out),
+                    4 => $f::<4>(base, nb, acts, out),
+                    5 => $f::<5>(base, nb, acts, out),
+                    6 => $f::<6>(base, nb, acts, out),
+                    7 => $f::<7>(base, nb, acts, out),
+                    _ => $f::<8>(base, nb, acts, out),
                 }
             };
         }
         match m.dtype {
             GgmlType::Q4K => by_tokens!(tile_q4k),
-            _ => by_tokens!(tile_q6k),
+            _ => {
+                // Q6_K keeps more vectors live per token: at most 4 tokens per pass.
+                let mut part = [[0f32; GROUP]; TILE];
+                for (i, chunk) in acts.chunks(4).enumerate() {
+                    match chunk.len() {
+                        1 => tile_q6k::<1>(base, nb, chunk, &mut part),
+                        2 => tile_q6k::<2>(base, nb, chunk, &mut part),
+                        3 => tile_q6k::<3>(base, nb, chunk, &mut part),
+                        _ => tile_q6k::<4>(base, nb, chunk, &mut part),
+                    }
+                    out[4 * i..4 * i + chunk.len()].copy_from_slice(&part[..chunk.len()]);
+                }
+            }
         }
     }
 }

@@ -79,3 +79,20 @@ fn unknown_model_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown model `no-such-model`"), "{stderr}");
 }
+
+#[test]
+fn too_many_tokens_is_a_clear_error_not_an_allocation() {
+    ensure_model("smollm2-135m-instruct");
+    let out = inhaus(&[
+        "generate",
+        "--model",
+        "smollm2-135m-instruct",
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "1000000000",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exceeds the model's context"), "{stderr}");
+}

@@ -300,28 +300,25 @@ fn paged_attention_matches_contiguous_attention() {
     }
 }
 
-#[test]
-fn packed_matmul_matches_row_wise() {
-    use inhaus_kernels::matmul::matmul_packed;
-    use inhaus_kernels::packed::PackedMatrix;
-    let mut rng = Rng(11);
-    let (rows, cols) = (48, 320);
-    for t in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-    ] {
+/// Packs random `rows` × `cols` matrices of each type with `run_packed` and compares its results with
+/// the row-wise matmul for several batch sizes.
+fn check_packed(
+    types: &[GgmlType],
+    (rows, cols): (usize, usize),
+    seed: u64,
+    run_packed: impl Fn(GgmlType, &[u8], &[f32], usize, &mut [f32], &mut AlignedBytes),
+) {
+    let mut rng = Rng(seed);
+    for &t in types {
         let w = rng.vec(rows * cols);
         let (bytes, wdeq) = candle_quantize(t, &w);
         let bytes = aligned(&bytes);
-        let packed = PackedMatrix::pack(t, rows, cols, bytes.as_slice()).expect("packable");
-        for m in [1usize, 3, 6] {
+        for m in [1usize, 2, 3, 6, 9] {
             let x = rng.vec(m * cols);
             let mut got = vec![0f32; m * rows];
             let mut want = vec![0f32; m * rows];
             let mut scratch = AlignedBytes::default();
-            matmul_packed(&packed, &x, m, &mut got, &mut scratch);
+            run_packed(t, bytes.as_slice(), &x, m, &mut got, &mut scratch);
             let mat = QMatrix {
                 dtype: t,
                 rows,
@@ -346,6 +343,22 @@ fn packed_matmul_matches_row_wise() {
 }
 
 #[test]
+fn packed_matmul_matches_row_wise() {
+    use inhaus_kernels::matmul::matmul_packed;
+    use inhaus_kernels::packed::PackedMatrix;
+    let types = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+    ];
+    check_packed(&types, (48, 320), 11, |t, bytes, x, m, out, scratch| {
+        let packed = PackedMatrix::pack(t, 48, 320, bytes).expect("packable");
+        matmul_packed(&packed, x, m, out, scratch);
+    });
+}
+
+#[test]
 fn packed_k_matmul_matches_row_wise() {
     if inhaus_kernels::cpu::simd_level() < SimdLevel::Avx512Vnni {
         eprintln!("no AVX-512 VNNI here: packed K-quant kernels are not used on this CPU");
@@ -353,40 +366,15 @@ fn packed_k_matmul_matches_row_wise() {
     }
     use inhaus_kernels::matmul::matmul_packed_k;
     use inhaus_kernels::packed_k::PackedKMatrix;
-    let mut rng = Rng(17);
-    let (rows, cols) = (24, 512);
-    for t in [GgmlType::Q4K, GgmlType::Q6K] {
-        let w = rng.vec(rows * cols);
-        let (bytes, wdeq) = candle_quantize(t, &w);
-        let bytes = aligned(&bytes);
-        let packed = PackedKMatrix::pack(t, rows, cols, bytes.as_slice()).expect("packable");
-        for m in [1usize, 2, 5] {
-            let x = rng.vec(m * cols);
-            let mut got = vec![0f32; m * rows];
-            let mut want = vec![0f32; m * rows];
-            let mut scratch = AlignedBytes::default();
-            matmul_packed_k(&packed, &x, m, &mut got, &mut scratch);
-            let mat = QMatrix {
-                dtype: t,
-                rows,
-                cols,
-                data: bytes.as_slice(),
-            };
-            matmul(&mat, &x, m, &mut want, &mut scratch);
-            for i in 0..m * rows {
-                let (r, tok) = (i % rows, i / rows);
-                let scale: f32 = (0..cols)
-                    .map(|c| (wdeq[r * cols + c] * x[tok * cols + c]).abs())
-                    .sum();
-                assert!(
-                    (got[i] - want[i]).abs() <= 1e-4 * scale + 1e-4,
-                    "{t:?} m={m} out {i}: packed {} vs row-wise {}",
-                    got[i],
-                    want[i]
-                );
-            }
-        }
-    }
+    check_packed(
+        &[GgmlType::Q4K, GgmlType::Q6K],
+        (24, 512),
+        17,
+        |t, bytes, x, m, out, scratch| {
+            let packed = PackedKMatrix::pack(t, 24, 512, bytes).expect("packable");
+            matmul_packed_k(&packed, x, m, out, scratch);
+        },
+    );
 }
 
 #[test]

@@ -45,6 +45,14 @@ pub fn generate(
         return Err(ModelError::InvalidBatch("empty prompt".into()));
     }
     let total = prompt.len() + opts.max_tokens;
+    let context = model.config.context_len;
+    if total > context {
+        return Err(ModelError::InvalidBatch(format!(
+            "prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {context} tokens",
+            prompt.len(),
+            opts.max_tokens
+        )));
+    }
     let num_blocks = total.div_ceil(BLOCK_SIZE);
     let mut cache = KvCache::new(model.config.kv_shape(BLOCK_SIZE, num_blocks));
     let table: Vec<u32> = (0..num_blocks as u32).collect();

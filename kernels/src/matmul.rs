@@ -191,6 +191,12 @@ pub fn matmul_packed_k(
         "packed K-quant matrices need AVX-512 VNNI"
     );
     quantize_rows(GgmlType::Q8K, x, m, cols, scratch);
+    match w.dtype {
+        GgmlType::Q4K => {
+            crate::packed_k::pair_q4k_activations(as_blocks_mut(scratch.as_mut_slice()))
+        }
+        _ => crate::packed_k::pair_q6k_activations(as_blocks_mut(scratch.as_mut_slice())),
+    }
     let act_row = GgmlType::Q8K.row_bytes(cols);
     let acts: Vec<&[BlockQ8K]> = scratch
         .as_slice()

@@ -5,10 +5,10 @@
 //! so that one 32-byte vector holds 4 consecutive columns of each of the 8 rows (two such vectors
 //! share a 32-byte load as low and high nibbles); `vpdpbusd` with a broadcast of 4 activation bytes
 //! advances 8 rows at once. Sub-block scales are kept per row as bytes and applied in 32-bit integers.
-//! - Q4_K (1184 bytes, 8 × 144 + 32): d[8], dmin[8] (f16); scales[8 sub-blocks][8 rows], mins[8][8]
-//!   (u8, unpacked from the 6-bit fields; mins as [sub-block pair][row][2] for `vpmaddwd`); nibbles: pair (c, q) for sub-block pair c = 0..4 and quad
+//! - Q4_K (1184 bytes, 8 × 144 + 32): d[8], dmin[8] (f16); scales and mins as [sub-block pair][row][2]
+//!   (u8, unpacked from the 6-bit fields); nibbles: pair (c, q) for sub-block pair c = 0..4 and quad
 //!   q = 0..8 holds columns 64c + 4q + t (low) and 64c + 32 + 4q + t (high).
-//! - Q6_K (1680 bytes, exactly 8 × 210): d[8] (f16); scales[16 groups][8 rows] (i8); low nibbles:
+//! - Q6_K (1680 bytes, exactly 8 × 210): d[8] (f16); scales as [group h < 8][row][h, h + 8] (i8); low nibbles:
 //!   vector p = 0..32 holds quad p (low) and quad p + 32 (high); high bits: vector h = 0..16 holds
 //!   bits 2s..2s+1 = the top two bits of quad 4h + s. Values are stored +32 (unsigned) and corrected
 //!   with the activation's 16-element sums.
@@ -96,7 +96,7 @@ impl PackedKMatrix {
                             record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
                             record[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk.dmin.to_le_bytes());
                             for j in 0..8 {
-                                record[32 + 8 * j + r] = sc[j];
+                                record[32 + 16 * (j / 2) + 2 * r + j % 2] = sc[j];
                                 record[96 + 16 * (j / 2) + 2 * r + j % 2] = mn[j];
                             }
                         }
@@ -105,7 +105,8 @@ impl PackedKMatrix {
                             *qr = q6k_values(blk);
                             record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
                             for g16 in 0..16 {
-                                record[16 + 8 * g16 + r] = blk.scales[g16] as u8;
+                                record[16 + 16 * (g16 % 8) + 2 * r + g16 / 8] =
+                                    blk.scales[g16] as u8;
                             }
                         }
                     }
@@ -167,6 +168,38 @@ impl PackedKMatrix {
     }
 }
 
+/// Re-orders each Q8_K block's quants for the packed Q4_K kernel: for sub-block pair c and quad q,
+/// the 4 quants of the low sub-block then the 4 of the high one (sums are unchanged).
+pub fn pair_q4k_activations(blocks: &mut [BlockQ8K]) {
+    for blk in blocks {
+        let src = blk.qs;
+        for c in 0..4 {
+            for q in 0..8 {
+                let dst = 64 * c + 8 * q;
+                blk.qs[dst..dst + 4].copy_from_slice(&src[64 * c + 4 * q..64 * c + 4 * q + 4]);
+                blk.qs[dst + 4..dst + 8]
+                    .copy_from_slice(&src[64 * c + 32 + 4 * q..64 * c + 32 + 4 * q + 4]);
+            }
+        }
+    }
+}
+
+/// Re-orders each Q8_K block's quants for the packed Q6_K kernel: for group h < 8 and quad s, the 4
+/// quants of group h then the 4 of group h + 8 (sums are unchanged).
+pub fn pair_q6k_activations(blocks: &mut [BlockQ8K]) {
+    for blk in blocks {
+        let src = blk.qs;
+        for h in 0..8 {
+            for s in 0..4 {
+                let dst = 32 * h + 8 * s;
+                blk.qs[dst..dst + 4].copy_from_slice(&src[16 * h + 4 * s..16 * h + 4 * s + 4]);
+                blk.qs[dst + 4..dst + 8]
+                    .copy_from_slice(&src[16 * (h + 8) + 4 * s..16 * (h + 8) + 4 * s + 4]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod vnni {
     //! AVX-512 VNNI kernels over packed K-quant groups; up to `TILE` activation rows per pass.
@@ -176,12 +209,9 @@ pub mod vnni {
 
     pub const TILE: usize = crate::matmul::MAX_TILE;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn bcast(p: *const i8) -> __m256i {
-        _mm256_set1_epi32((p as *const i32).read_unaligned())
-    }
-
+    /// Q4_K on 512-bit vectors: lane 2r holds row r's quad of the low sub-block of a pair, lane 2r + 1
+    /// the same quad of the high sub-block, so one `vpdpbusd` covers both; the activations must be
+    /// arranged by [`pair_q4k_activations`] (8 bytes per quad: low sub-block, then high).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_q4k<const N: usize>(
         base: *const u8,
@@ -192,51 +222,52 @@ pub mod vnni {
         let rec = 1184;
         let a_ptr: [*const BlockQ8K; N] = std::array::from_fn(|t| acts[t].as_ptr());
         let mut acc = [_mm256_setzero_ps(); N];
-        let m4 = _mm256_set1_epi8(0x0F);
+        let m_lo = _mm512_set1_epi64(0x0000_0000_0F0F_0F0F);
+        let m_hi = _mm512_set1_epi64(0x0F0F_0F0F_0000_0000);
         for b in 0..nb {
             let r = base.add(b * rec);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(r.add(16) as *const __m128i));
-            let mut sumi = [_mm256_setzero_si256(); N];
+            let mut sumi = [_mm512_setzero_si512(); N];
             let mins: [__m256i; 4] = std::array::from_fn(|p| {
                 _mm256_cvtepu8_epi16(_mm_loadu_si128(r.add(96 + 16 * p) as *const __m128i))
             });
             for c in 0..4 {
-                let mut lo = [_mm256_setzero_si256(); 8];
-                let mut hi = [_mm256_setzero_si256(); 8];
-                for q in 0..8 {
+                let mut w = [_mm512_setzero_si512(); 8];
+                for (q, wq) in w.iter_mut().enumerate() {
                     let v = _mm256_loadu_si256(r.add(160 + (8 * c + q) * 32) as *const __m256i);
-                    lo[q] = _mm256_and_si256(v, m4);
-                    hi[q] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                }
-                let sc_lo =
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(32 + 16 * c) as *const __m128i));
-                let sc_hi =
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.add(40 + 16 * c) as *const __m128i));
-                for t in 0..N {
-                    let a = &*a_ptr[t].add(b);
-                    let aq = a.qs.as_ptr().add(64 * c);
-                    let (mut d0, mut d1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                    let (mut e0, mut e1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                    for q in (0..8).step_by(2) {
-                        d0 = _mm256_dpbusd_epi32(d0, lo[q], bcast(aq.add(4 * q)));
-                        d1 = _mm256_dpbusd_epi32(d1, lo[q + 1], bcast(aq.add(4 * q + 4)));
-                        e0 = _mm256_dpbusd_epi32(e0, hi[q], bcast(aq.add(32 + 4 * q)));
-                        e1 = _mm256_dpbusd_epi32(e1, hi[q + 1], bcast(aq.add(32 + 4 * q + 4)));
-                    }
-                    let dl = _mm256_add_epi32(d0, d1);
-                    let dh = _mm256_add_epi32(e0, e1);
-                    sumi[t] = _mm256_add_epi32(
-                        sumi[t],
-                        _mm256_add_epi32(
-                            _mm256_mullo_epi32(dl, sc_lo),
-                            _mm256_mullo_epi32(dh, sc_hi),
-                        ),
+                    let x = _mm512_cvtepu32_epi64(v);
+                    *wq = _mm512_or_si512(
+                        _mm512_and_si512(x, m_lo),
+                        _mm512_and_si512(_mm512_slli_epi64(x, 28), m_hi),
                     );
+                }
+                let sc =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(r.add(32 + 16 * c) as *const __m128i));
+                for t in 0..N {
+                    let aq = (*a_ptr[t].add(b)).qs.as_ptr().add(64 * c) as *const i64;
+                    let (mut d0, mut d1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for q in (0..8).step_by(2) {
+                        d0 = _mm512_dpbusd_epi32(
+                            d0,
+                            w[q],
+                            _mm512_set1_epi64(aq.add(q).read_unaligned()),
+                        );
+                        d1 = _mm512_dpbusd_epi32(
+                            d1,
+                            w[q + 1],
+                            _mm512_set1_epi64(aq.add(q + 1).read_unaligned()),
+                        );
+                    }
+                    sumi[t] =
+                        _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(d0, d1), sc));
                 }
             }
             for t in 0..N {
                 let a = &*a_ptr[t].add(b);
+                // Row r's two sub-block sums sit in lanes 2r and 2r + 1.
+                let pair = _mm512_add_epi32(sumi[t], _mm512_srli_epi64(sumi[t], 32));
+                let rows = _mm512_cvtepi64_epi32(pair);
                 // Σ_j min_j · (sum of the sub-block's activation quants), two sub-blocks per vpmaddwd.
                 let mut summ = _mm256_setzero_si256();
                 for (p, mp) in mins.iter().enumerate() {
@@ -248,7 +279,7 @@ pub mod vnni {
                     );
                 }
                 let ad = _mm256_set1_ps(a.d);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(rows), acc[t]);
                 acc[t] =
                     _mm256_fnmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(summ), acc[t]);
             }
@@ -258,6 +289,9 @@ pub mod vnni {
         }
     }
 
+    /// Q6_K on 512-bit vectors: lane 2r holds row r's quad of 16-column group h, lane 2r + 1 the same
+    /// quad of group h + 8 (which share a nibble vector); activations arranged by
+    /// [`pair_q6k_activations`].
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_q6k<const N: usize>(
         base: *const u8,
@@ -268,54 +302,63 @@ pub mod vnni {
         let rec = 1680;
         let a_ptr: [*const BlockQ8K; N] = std::array::from_fn(|t| acts[t].as_ptr());
         let mut acc = [_mm256_setzero_ps(); N];
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
+        let m_lo = _mm512_set1_epi64(0x0000_0000_0F0F_0F0F);
+        let m_hi = _mm512_set1_epi64(0x0F0F_0F0F_0000_0000);
+        let m30 = _mm512_set1_epi8(0x30);
         for b in 0..nb {
             let r = base.add(b * rec);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
-            let mut sumf = [_mm256_setzero_ps(); N];
+            let mut sumf = [_mm512_setzero_ps(); N];
             for h in 0..8 {
-                let hia = _mm256_loadu_si256(r.add(1168 + 32 * h) as *const __m256i);
-                let hib = _mm256_loadu_si256(r.add(1168 + 32 * (h + 8)) as *const __m256i);
-                let top = |hv: __m256i, s: usize| -> __m256i {
-                    match s {
-                        0 => _mm256_and_si256(_mm256_slli_epi16(hv, 4), m30),
-                        1 => _mm256_and_si256(_mm256_slli_epi16(hv, 2), m30),
-                        2 => _mm256_and_si256(hv, m30),
-                        _ => _mm256_and_si256(_mm256_srli_epi16(hv, 2), m30),
-                    }
-                };
-                let mut wa = [_mm256_setzero_si256(); 4];
-                let mut wb = [_mm256_setzero_si256(); 4];
-                for s in 0..4 {
+                let hia = _mm512_cvtepu32_epi64(_mm256_loadu_si256(
+                    r.add(1168 + 32 * h) as *const __m256i
+                ));
+                let hib = _mm512_cvtepu32_epi64(_mm256_loadu_si256(
+                    r.add(1168 + 32 * (h + 8)) as *const __m256i
+                ));
+                let th = _mm512_or_si512(hia, _mm512_slli_epi64(hib, 32));
+                let top = [
+                    _mm512_and_si512(_mm512_slli_epi16(th, 4), m30),
+                    _mm512_and_si512(_mm512_slli_epi16(th, 2), m30),
+                    _mm512_and_si512(th, m30),
+                    _mm512_and_si512(_mm512_srli_epi16(th, 2), m30),
+                ];
+                let mut w = [_mm512_setzero_si512(); 4];
+                for (s, ws) in w.iter_mut().enumerate() {
                     let v = _mm256_loadu_si256(r.add(144 + 32 * (4 * h + s)) as *const __m256i);
-                    wa[s] = _mm256_or_si256(_mm256_and_si256(v, m4), top(hia, s));
-                    wb[s] =
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), top(hib, s));
+                    let x = _mm512_cvtepu32_epi64(v);
+                    let nib = _mm512_or_si512(
+                        _mm512_and_si512(x, m_lo),
+                        _mm512_and_si512(_mm512_slli_epi64(x, 28), m_hi),
+                    );
+                    *ws = _mm512_or_si512(nib, top[s]);
                 }
-                let scale = |g: usize| {
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        r.add(16 + 8 * g) as *const __m128i
-                    )))
-                };
-                let (sca, scb) = (scale(h), scale(h + 8));
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    r.add(16 + 16 * h) as *const __m128i,
+                )));
                 for t in 0..N {
                     let a = &*a_ptr[t].add(b);
-                    let qa = a.qs.as_ptr().add(16 * h);
-                    let qb = a.qs.as_ptr().add(16 * (h + 8));
-                    let mut da = _mm256_set1_epi32(-32 * a.bsums[h] as i32);
-                    let mut db = _mm256_set1_epi32(-32 * a.bsums[h + 8] as i32);
-                    for s in 0..4 {
-                        da = _mm256_dpbusd_epi32(da, wa[s], bcast(qa.add(4 * s)));
-                        db = _mm256_dpbusd_epi32(db, wb[s], bcast(qb.add(4 * s)));
+                    let aq = a.qs.as_ptr().add(32 * h) as *const i64;
+                    let off_a = (-32 * a.bsums[h] as i32) as u32 as u64;
+                    let off_b = (-32 * a.bsums[h + 8] as i32) as u32 as u64;
+                    let mut dot = _mm512_set1_epi64((off_a | (off_b << 32)) as i64);
+                    for (s, ws) in w.iter().enumerate() {
+                        dot = _mm512_dpbusd_epi32(
+                            dot,
+                            *ws,
+                            _mm512_set1_epi64(aq.add(s).read_unaligned()),
+                        );
                     }
-                    sumf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(da), sca, sumf[t]);
-                    sumf[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(db), scb, sumf[t]);
+                    sumf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, sumf[t]);
                 }
             }
             for t in 0..N {
+                // Row r's two groups sit in lanes 2r and 2r + 1.
+                let bits = _mm512_castps_si512(sumf[t]);
+                let pair = _mm512_add_ps(sumf[t], _mm512_castsi512_ps(_mm512_srli_epi64(bits, 32)));
+                let rows = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_castps_si512(pair)));
                 let ad = _mm256_set1_ps((*a_ptr[t].add(b)).d);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), sumf[t], acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), rows, acc[t]);
             }
         }
         for t in 0..N {
@@ -353,19 +396,7 @@ pub mod vnni {
         }
         match m.dtype {
             GgmlType::Q4K => by_tokens!(tile_q4k),
-            _ => {
-                // Q6_K keeps more vectors live per token: at most 4 tokens per pass.
-                let mut part = [[0f32; GROUP]; TILE];
-                for (i, chunk) in acts.chunks(4).enumerate() {
-                    match chunk.len() {
-                        1 => tile_q6k::<1>(base, nb, chunk, &mut part),
-                        2 => tile_q6k::<2>(base, nb, chunk, &mut part),
-                        3 => tile_q6k::<3>(base, nb, chunk, &mut part),
-                        _ => tile_q6k::<4>(base, nb, chunk, &mut part),
-                    }
-                    out[4 * i..4 * i + chunk.len()].copy_from_slice(&part[..chunk.len()]);
-                }
-            }
+            _ => by_tokens!(tile_q6k),
         }
     }
 }

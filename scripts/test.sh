@@ -14,4 +14,9 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== models for the tests"
 scripts/fetch-models.sh gemma-3-270m smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
 echo "== cargo test (release)"
-cargo test --release --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary, the last being doc-tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

@@ -1,3 +1,5 @@
-//! The engine: sampling and the generation loop over the batched forward and paged KV cache.
+//! The engine: the KV block pool (paged cache bookkeeping, prefix caching), sampling, and the
+//! generation loop over the batched forward.
+pub mod block_pool;
 pub mod generate;
 pub mod sampler;

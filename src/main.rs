@@ -187,7 +187,7 @@ fn main() -> Result<()> {
             repeats,
         } => {
             let m = loader::load(&model_name(model))?;
-            let report = bench(&m, prompt_tokens, gen_tokens, repeats.max(1))?;
+            let report = inhaus::bench::speed(&m.model, prompt_tokens, gen_tokens, repeats.max(1))?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -197,60 +197,11 @@ fn main() -> Result<()> {
                     "prompt_tokens": prompt_tokens,
                     "gen_tokens": gen_tokens,
                     "repeats": repeats,
-                    "prefill_tok_s": report.0,
-                    "decode_tok_s": report.1,
+                    "prefill_tok_s": report.prefill_tok_s,
+                    "decode_tok_s": report.decode_tok_s,
                 })
             );
         }
     }
     Ok(())
-}
-
-/// Median prefill and decode tok/s, as llama-bench measures them: a prompt of random tokens in one
-/// batch, and generation of `gen` tokens one at a time from an empty context.
-fn bench(m: &loader::LoadedModel, prompt: usize, gen: usize, repeats: usize) -> Result<(f64, f64)> {
-    let vocab = m.model.config.vocab as u64;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (1000 + state % (vocab.min(30_000) - 1000)) as u32
-    };
-    let prompt_ids: Vec<u32> = (0..prompt.max(1)).map(|_| next()).collect();
-    let opts = |max_tokens| GenerateOptions {
-        max_tokens,
-        sampling: SamplingParams::default(),
-        ignore_eos: true,
-        stop_ids: vec![],
-        prefill_chunk: prompt.max(1),
-    };
-    // Warm-up: page in the weights.
-    generate(
-        &m.model,
-        &prompt_ids[..prompt.clamp(1, 16)],
-        &opts(2),
-        |_, _| true,
-    )?;
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for _ in 0..repeats {
-        if prompt > 0 {
-            let (_, s) = generate(&m.model, &prompt_ids, &opts(1), |_, _| true)?;
-            pp.push(prompt as f64 / s.prompt_time.as_secs_f64());
-        }
-        if gen > 0 {
-            let first = [prompt_ids[0]];
-            let (_, s) = generate(&m.model, &first, &opts(gen + 1), |_, _| true)?;
-            tg.push(gen as f64 / s.decode_time.as_secs_f64());
-        }
-    }
-    let median = |mut v: Vec<f64>| {
-        if v.is_empty() {
-            return 0.0;
-        }
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ok((median(pp), median(tg)))
 }

@@ -115,6 +115,31 @@ fn unpack_block(dtype: GgmlType, raw: &[u8], b: usize) -> ([u8; 32], f16, f16) {
     }
 }
 
+/// Lays out `rows / GROUP × nb` records of `rec` bytes, calling `fill(record, group_rows, b)` for each
+/// group and block, where `group_rows[r]` is GGUF row `GROUP · g + r`.
+pub(crate) fn build_records(
+    rows: usize,
+    nb: usize,
+    rec: usize,
+    row_bytes: usize,
+    raw: &[u8],
+    mut fill: impl FnMut(&mut [u8], [&[u8]; GROUP], usize),
+) -> AlignedBytes {
+    let mut data = AlignedBytes::default();
+    data.resize(rows / GROUP * nb * rec);
+    let out = data.as_mut_slice();
+    for g in 0..rows / GROUP {
+        let group_rows: [&[u8]; GROUP] = std::array::from_fn(|r| {
+            &raw[(g * GROUP + r) * row_bytes..(g * GROUP + r + 1) * row_bytes]
+        });
+        for b in 0..nb {
+            let r0 = (g * nb + b) * rec;
+            fill(&mut out[r0..r0 + rec], group_rows, b);
+        }
+    }
+    data
+}
+
 impl PackedMatrix {
     /// Whether `dtype` with this many rows can be packed.
     pub fn supports(dtype: GgmlType, rows: usize) -> bool {
@@ -129,63 +154,56 @@ impl PackedMatrix {
         }
         let nb = cols / QK;
         let row_bytes = dtype.row_bytes(cols);
-        let mut data = AlignedBytes::default();
-        data.resize(rows / GROUP * nb * rec);
-        let out = data.as_mut_slice();
-        for g in 0..rows / GROUP {
-            for b in 0..nb {
-                let r0 = (g * nb + b) * rec;
-                let record = &mut out[r0..r0 + rec];
-                let mut quants = [[0u8; 32]; GROUP];
-                for (r, qr) in quants.iter_mut().enumerate() {
-                    let row = &raw[(g * GROUP + r) * row_bytes..(g * GROUP + r + 1) * row_bytes];
-                    let (q, d, m) = unpack_block(dtype, row, b);
-                    *qr = q;
-                    record[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
-                    if dtype == GgmlType::Q4_1 {
-                        record[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+        let data = build_records(rows, nb, rec, row_bytes, raw, |record, group_rows, b| {
+            let mut quants = [[0u8; 32]; GROUP];
+            for (r, qr) in quants.iter_mut().enumerate() {
+                let row = group_rows[r];
+                let (q, d, m) = unpack_block(dtype, row, b);
+                *qr = q;
+                record[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
+                if dtype == GgmlType::Q4_1 {
+                    record[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                }
+            }
+            let qstart = if dtype == GgmlType::Q4_1 { 32 } else { 16 };
+            match dtype {
+                GgmlType::Q8_0 => {
+                    // Vector j: byte 4r + t = row r, column 4j + t.
+                    for j in 0..8 {
+                        for (r, qr) in quants.iter().enumerate() {
+                            for t in 0..4 {
+                                record[qstart + 32 * j + 4 * r + t] = qr[4 * j + t];
+                            }
+                        }
                     }
                 }
-                let qstart = if dtype == GgmlType::Q4_1 { 32 } else { 16 };
-                match dtype {
-                    GgmlType::Q8_0 => {
-                        // Vector j: byte 4r + t = row r, column 4j + t.
-                        for j in 0..8 {
-                            for (r, qr) in quants.iter().enumerate() {
-                                for t in 0..4 {
-                                    record[qstart + 32 * j + 4 * r + t] = qr[4 * j + t];
-                                }
+                _ => {
+                    // Vector pair p: low nibble column 4p + t, high nibble column 4(p + 4) + t.
+                    for p in 0..4 {
+                        for (r, qr) in quants.iter().enumerate() {
+                            for t in 0..4 {
+                                let lo = qr[4 * p + t] & 0xF;
+                                let hi = qr[4 * (p + 4) + t] & 0xF;
+                                record[qstart + 32 * p + 4 * r + t] = lo | (hi << 4);
                             }
                         }
                     }
-                    _ => {
-                        // Vector pair p: low nibble column 4p + t, high nibble column 4(p + 4) + t.
-                        for p in 0..4 {
-                            for (r, qr) in quants.iter().enumerate() {
-                                for t in 0..4 {
-                                    let lo = qr[4 * p + t] & 0xF;
-                                    let hi = qr[4 * (p + 4) + t] & 0xF;
-                                    record[qstart + 32 * p + 4 * r + t] = lo | (hi << 4);
+                    if dtype == GgmlType::Q5_0 {
+                        // Bit j of byte 4r + t: fifth bit of row r, column 4j + t.
+                        let hb = qstart + 128;
+                        for (r, qr) in quants.iter().enumerate() {
+                            for t in 0..4 {
+                                let mut bits = 0u8;
+                                for j in 0..8 {
+                                    bits |= ((qr[4 * j + t] >> 4) & 1) << j;
                                 }
-                            }
-                        }
-                        if dtype == GgmlType::Q5_0 {
-                            // Bit j of byte 4r + t: fifth bit of row r, column 4j + t.
-                            let hb = qstart + 128;
-                            for (r, qr) in quants.iter().enumerate() {
-                                for t in 0..4 {
-                                    let mut bits = 0u8;
-                                    for j in 0..8 {
-                                        bits |= ((qr[4 * j + t] >> 4) & 1) << j;
-                                    }
-                                    record[hb + 4 * r + t] = bits;
-                                }
+                                record[hb + 4 * r + t] = bits;
                             }
                         }
                     }
                 }
             }
-        }
+        });
         Some(Self {
             dtype,
             rows,

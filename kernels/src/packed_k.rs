@@ -12,6 +12,7 @@
 //!   vector p = 0..32 holds quad p (low) and quad p + 32 (high); high bits: vector h = 0..16 holds
 //!   bits 2s..2s+1 = the top two bits of quad 4h + s. Values are stored +32 (unsigned) and corrected
 //!   with the activation's 16-element sums.
+use crate::packed::build_records;
 use crate::quant::{as_blocks, scale_min_k4, BlockQ4K, BlockQ6K, BlockQ8K, GgmlType, QK_K};
 use crate::quantize::AlignedBytes;
 
@@ -78,79 +79,71 @@ impl PackedKMatrix {
         }
         let nb = cols / QK_K;
         let row_bytes = dtype.row_bytes(cols);
-        let mut data = AlignedBytes::default();
-        data.resize(rows / GROUP * nb * rec);
-        let out = data.as_mut_slice();
-        for g in 0..rows / GROUP {
-            for b in 0..nb {
-                let r0 = (g * nb + b) * rec;
-                let record = &mut out[r0..r0 + rec];
-                let mut quants = [[0u8; QK_K]; GROUP];
-                for (r, qr) in quants.iter_mut().enumerate() {
-                    let row = &raw[(g * GROUP + r) * row_bytes..(g * GROUP + r + 1) * row_bytes];
-                    match dtype {
-                        GgmlType::Q4K => {
-                            let blk = &as_blocks::<BlockQ4K>(row)[b];
-                            let (q, sc, mn) = q4k_values(blk);
-                            *qr = q;
-                            record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
-                            record[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk.dmin.to_le_bytes());
-                            for j in 0..8 {
-                                record[32 + 16 * (j / 2) + 2 * r + j % 2] = sc[j];
-                                record[96 + 16 * (j / 2) + 2 * r + j % 2] = mn[j];
-                            }
+        let data = build_records(rows, nb, rec, row_bytes, raw, |record, group_rows, b| {
+            let mut quants = [[0u8; QK_K]; GROUP];
+            for (r, qr) in quants.iter_mut().enumerate() {
+                let row = group_rows[r];
+                match dtype {
+                    GgmlType::Q4K => {
+                        let blk = &as_blocks::<BlockQ4K>(row)[b];
+                        let (q, sc, mn) = q4k_values(blk);
+                        *qr = q;
+                        record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
+                        record[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk.dmin.to_le_bytes());
+                        for j in 0..8 {
+                            record[32 + 16 * (j / 2) + 2 * r + j % 2] = sc[j];
+                            record[96 + 16 * (j / 2) + 2 * r + j % 2] = mn[j];
                         }
-                        _ => {
-                            let blk = &as_blocks::<BlockQ6K>(row)[b];
-                            *qr = q6k_values(blk);
-                            record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
-                            for g16 in 0..16 {
-                                record[16 + 16 * (g16 % 8) + 2 * r + g16 / 8] =
-                                    blk.scales[g16] as u8;
+                    }
+                    _ => {
+                        let blk = &as_blocks::<BlockQ6K>(row)[b];
+                        *qr = q6k_values(blk);
+                        record[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
+                        for g16 in 0..16 {
+                            record[16 + 16 * (g16 % 8) + 2 * r + g16 / 8] = blk.scales[g16] as u8;
+                        }
+                    }
+                }
+            }
+            match dtype {
+                GgmlType::Q4K => {
+                    for c in 0..4 {
+                        for q in 0..8 {
+                            let v = 160 + (8 * c + q) * 32;
+                            for (r, qr) in quants.iter().enumerate() {
+                                for t in 0..4 {
+                                    let lo = qr[64 * c + 4 * q + t];
+                                    let hi = qr[64 * c + 32 + 4 * q + t];
+                                    record[v + 4 * r + t] = lo | (hi << 4);
+                                }
                             }
                         }
                     }
                 }
-                match dtype {
-                    GgmlType::Q4K => {
-                        for c in 0..4 {
-                            for q in 0..8 {
-                                let v = 160 + (8 * c + q) * 32;
-                                for (r, qr) in quants.iter().enumerate() {
-                                    for t in 0..4 {
-                                        let lo = qr[64 * c + 4 * q + t];
-                                        let hi = qr[64 * c + 32 + 4 * q + t];
-                                        record[v + 4 * r + t] = lo | (hi << 4);
-                                    }
-                                }
+                _ => {
+                    for p in 0..32 {
+                        for (r, qr) in quants.iter().enumerate() {
+                            for t in 0..4 {
+                                let lo = qr[4 * p + t] & 0xF;
+                                let hi = qr[4 * (p + 32) + t] & 0xF;
+                                record[144 + 32 * p + 4 * r + t] = lo | (hi << 4);
                             }
                         }
                     }
-                    _ => {
-                        for p in 0..32 {
-                            for (r, qr) in quants.iter().enumerate() {
-                                for t in 0..4 {
-                                    let lo = qr[4 * p + t] & 0xF;
-                                    let hi = qr[4 * (p + 32) + t] & 0xF;
-                                    record[144 + 32 * p + 4 * r + t] = lo | (hi << 4);
+                    for h in 0..16 {
+                        for (r, qr) in quants.iter().enumerate() {
+                            for t in 0..4 {
+                                let mut bits = 0u8;
+                                for s in 0..4 {
+                                    bits |= (qr[16 * h + 4 * s + t] >> 4) << (2 * s);
                                 }
-                            }
-                        }
-                        for h in 0..16 {
-                            for (r, qr) in quants.iter().enumerate() {
-                                for t in 0..4 {
-                                    let mut bits = 0u8;
-                                    for s in 0..4 {
-                                        bits |= (qr[16 * h + 4 * s + t] >> 4) << (2 * s);
-                                    }
-                                    record[1168 + 32 * h + 4 * r + t] = bits;
-                                }
+                                record[1168 + 32 * h + 4 * r + t] = bits;
                             }
                         }
                     }
                 }
             }
-        }
+        });
         Some(Self {
             dtype,
             rows,

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
+    /// A stop token (or stop condition) was produced.
     Stop,
+    /// `max_tokens` were generated.
     Length,
+    /// The receiver went away (the client disconnected).
+    Cancelled,
 }
 
 #[derive(Clone, Debug)]

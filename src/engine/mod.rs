@@ -3,3 +3,4 @@
 pub mod block_pool;
 pub mod generate;
 pub mod sampler;
+pub mod scheduler;

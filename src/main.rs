@@ -133,8 +133,8 @@ fn main() -> Result<()> {
                     temperature,
                     top_k,
                     top_p,
-                    min_p: 0.0,
                     seed,
+                    ..Default::default()
                 },
                 ignore_eos,
                 stop_ids: m.tokenizer.stop_ids.clone(),

@@ -27,6 +27,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerationRequest {
         prompt,
         sampling: SamplingParams::default(),
         max_tokens,
+        min_tokens: 0,
         stop_ids: vec![],
         ignore_eos: true,
     }
@@ -38,7 +39,7 @@ fn collect(rx: &Receiver<SeqEvent>) -> (Vec<u32>, Option<FinishReason>) {
     let mut fin = None;
     for ev in rx.try_iter() {
         match ev {
-            SeqEvent::Token(t) => toks.push(t),
+            SeqEvent::Token { id, .. } => toks.push(id),
             SeqEvent::Finished(r) => fin = Some(r),
         }
     }
@@ -223,4 +224,62 @@ fn requests_that_can_never_fit_are_refused_up_front() {
             .expect_err("queue of 1"),
         AdmissionError::QueueFull
     );
+}
+
+#[test]
+fn seeded_sampling_logprobs_and_min_tokens_in_a_batch() {
+    let m = model(ALIAS);
+    let ps = prompts();
+    let eos = m.tokenizer.stop_ids.clone();
+    let sampled = |p: &[u32], others: usize| {
+        let mut e = Engine::new(&m.model, config(128));
+        let mut rxs = Vec::new();
+        for (i, q) in ps.iter().take(others).enumerate() {
+            let (tx, rx) = channel();
+            let mut r = request(q.clone(), 6 + i);
+            r.sampling = SamplingParams {
+                temperature: 0.8,
+                seed: Some(i as u64),
+                ..Default::default()
+            };
+            e.add_request(r, tx).expect("admitted");
+            rxs.push(rx);
+        }
+        let (tx, rx) = channel();
+        let mut r = request(p.to_vec(), 10);
+        r.sampling = SamplingParams {
+            temperature: 0.9,
+            top_p: 0.9,
+            seed: Some(42),
+            logprobs: Some(3),
+            ..Default::default()
+        };
+        r.ignore_eos = false;
+        r.stop_ids = eos.clone();
+        r.min_tokens = 10;
+        e.add_request(r, tx).expect("admitted");
+        e.run_to_completion().expect("run");
+        rx.try_iter().collect::<Vec<_>>()
+    };
+    let alone_events = sampled(&ps[3], 0);
+    let batched_events = sampled(&ps[3], 7);
+    assert_eq!(
+        alone_events, batched_events,
+        "a seeded request's tokens and logprobs depend on its neighbours"
+    );
+    let tokens: Vec<_> = alone_events
+        .iter()
+        .filter_map(|e| match e {
+            SeqEvent::Token { id, logprobs } => {
+                Some((*id, logprobs.clone().expect("logprobs asked for")))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.len(), 10, "min_tokens holds back the stop tokens");
+    for (id, lp) in &tokens {
+        assert!(!eos.contains(id));
+        assert_eq!(lp.top.len(), 3);
+        assert!(lp.logprob <= 0.0 && lp.top[0].1 >= lp.logprob);
+    }
 }

@@ -60,7 +60,7 @@ pub fn generate(
     let num_blocks = total.div_ceil(BLOCK_SIZE);
     let mut cache = KvCache::new(model.config.kv_shape(BLOCK_SIZE, num_blocks));
     let table: Vec<u32> = (0..num_blocks as u32).collect();
-    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut sampler = Sampler::with_prompt(opts.sampling.clone(), prompt);
 
     let t0 = Instant::now();
     let mut logits = Vec::new();
@@ -93,7 +93,8 @@ pub fn generate(
     let mut generated = Vec::new();
     let mut finish = FinishReason::Length;
     while generated.len() < opts.max_tokens {
-        let next = sampler.sample(&logits);
+        let next = sampler.sample_with(&logits, &[]);
+        sampler.observe(next);
         generated.push(next);
         let keep_going = on_token(next, &logits);
         if !opts.ignore_eos && opts.stop_ids.contains(&next) {

@@ -8,7 +8,7 @@
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
 use super::block_pool::{BlockHash, BlockId, BlockPool};
 use super::generate::FinishReason;
-use super::sampler::{Sampler, SamplingParams};
+use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use inhaus_models::{Batch, KvCache, LogitsWanted, ModelError, SeqChunk, Transformer};
 use std::collections::VecDeque;
 use std::sync::mpsc::Sender;
@@ -34,6 +34,8 @@ pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     pub sampling: SamplingParams,
     pub max_tokens: usize,
+    /// Stop tokens cannot be drawn before this many tokens are generated.
+    pub min_tokens: usize,
     pub stop_ids: Vec<u32>,
     pub ignore_eos: bool,
 }
@@ -41,7 +43,10 @@ pub struct GenerationRequest {
 /// What the engine sends back for a sequence, in order: tokens, then exactly one `Finished`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SeqEvent {
-    Token(u32),
+    Token {
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
     Finished(FinishReason),
 }
 
@@ -71,6 +76,7 @@ struct Seq {
     last_hash: Option<BlockHash>,
     sampler: Sampler,
     max_tokens: usize,
+    min_tokens: usize,
     stop_ids: Vec<u32>,
     ignore_eos: bool,
     tx: Sender<SeqEvent>,
@@ -157,6 +163,7 @@ impl<'m> Engine<'m> {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         self.stats.prompt_tokens += req.prompt.len() as u64;
+        let sampler = Sampler::with_prompt(req.sampling.clone(), &req.prompt);
         self.waiting.push_back(Seq {
             id,
             prompt_len: req.prompt.len(),
@@ -165,8 +172,9 @@ impl<'m> Engine<'m> {
             table: Vec::new(),
             registered: 0,
             last_hash: None,
-            sampler: Sampler::new(req.sampling),
+            sampler,
             max_tokens: req.max_tokens,
+            min_tokens: req.min_tokens,
             stop_ids: req.stop_ids,
             ignore_eos: req.ignore_eos,
             tx,
@@ -299,10 +307,21 @@ impl<'m> Engine<'m> {
                 seq.registered += 1;
             }
             let Some(row) = logits.last(k) else { continue };
-            let tok = seq.sampler.sample(row);
+            let banned: &[u32] = if seq.generated() < seq.min_tokens {
+                &seq.stop_ids
+            } else {
+                &[]
+            };
+            let tok = seq.sampler.sample_with(row, banned);
+            seq.sampler.observe(tok);
+            let logprobs = seq
+                .sampler
+                .params()
+                .logprobs
+                .map(|k| token_logprobs(row, tok, k));
             seq.tokens.push(tok);
             self.stats.generation_tokens += 1;
-            let reason = if seq.tx.send(SeqEvent::Token(tok)).is_err() {
+            let reason = if seq.tx.send(SeqEvent::Token { id: tok, logprobs }).is_err() {
                 Some(FinishReason::Cancelled)
             } else if !seq.ignore_eos && seq.stop_ids.contains(&tok) {
                 Some(FinishReason::Stop)

@@ -283,3 +283,40 @@ fn seeded_sampling_logprobs_and_min_tokens_in_a_batch() {
         assert!(lp.logprob <= 0.0 && lp.top[0].1 >= lp.logprob);
     }
 }
+
+#[test]
+fn engine_thread_serves_concurrent_submitters() {
+    use inhaus::engine::handle::EngineHandle;
+    ensure_model(ALIAS);
+    let loaded = std::sync::Arc::new(inhaus::loader::load(ALIAS).expect("load"));
+    let ps = prompts();
+    let expected: Vec<Vec<u32>> = ps.iter().take(4).map(|p| alone(p, 10)).collect();
+    let handle = std::sync::Arc::new(EngineHandle::spawn(loaded, config(128)).expect("spawn"));
+    let threads: Vec<_> = ps
+        .iter()
+        .take(4)
+        .cloned()
+        .map(|p| {
+            let h = handle.clone();
+            std::thread::spawn(move || {
+                let (_, rx) = h.submit(request(p, 10)).expect("admitted");
+                let mut toks = Vec::new();
+                for ev in rx {
+                    match ev {
+                        SeqEvent::Token { id, .. } => toks.push(id),
+                        SeqEvent::Finished(r) => {
+                            assert_eq!(r, FinishReason::Length);
+                            break;
+                        }
+                    }
+                }
+                toks
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().expect("client thread"), expected[i], "request {i}");
+    }
+    let err = handle.submit(request(vec![], 1)).expect_err("empty prompt");
+    assert_eq!(err.to_string(), "the prompt is empty");
+}

@@ -13,6 +13,8 @@ pub enum FinishReason {
     Length,
     /// The receiver went away (the client disconnected).
     Cancelled,
+    /// The engine failed while computing the sequence.
+    Error,
 }
 
 #[derive(Clone, Debug)]

@@ -2,5 +2,6 @@
 //! generation loop over the batched forward.
 pub mod block_pool;
 pub mod generate;
+pub mod handle;
 pub mod sampler;
 pub mod scheduler;

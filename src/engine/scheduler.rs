@@ -344,6 +344,16 @@ impl<'m> Engine<'m> {
         Ok(computed)
     }
 
+    /// Ends every request with an error and frees everything (after a failed step).
+    pub fn abort_all(&mut self) {
+        let mut all: Vec<Seq> = self.running.drain(..).collect();
+        all.extend(self.waiting.drain(..));
+        for mut seq in all {
+            let _ = seq.tx.send(SeqEvent::Finished(FinishReason::Error));
+            self.release(&mut seq);
+        }
+    }
+
     /// Steps until no request is left (for tests and batch jobs).
     pub fn run_to_completion(&mut self) -> Result<(), ModelError> {
         while self.has_work() {

@@ -1,0 +1,113 @@
+//! The engine on its own thread: callers (the HTTP layer, tests) submit requests through a bounded
+//! channel and receive each sequence's events on their own channel. The thread steps while there is
+//! work and blocks on the channel when idle, so an idle server uses no CPU.
+use super::scheduler::{AdmissionError, Engine, EngineConfig, GenerationRequest, SeqEvent, SeqId};
+use crate::loader::LoadedModel;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+enum Command {
+    Add(
+        GenerationRequest,
+        Sender<SeqEvent>,
+        Sender<Result<SeqId, AdmissionError>>,
+    ),
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Refused(#[from] AdmissionError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A running engine thread for one model.
+pub struct EngineHandle {
+    tx: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    pub fn spawn(model: Arc<LoadedModel>, cfg: EngineConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Command>(1024);
+        let name = format!("inhaus-engine-{}", model.name);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&model, cfg, rx))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a request; its tokens and its end arrive on the returned receiver.
+    pub fn submit(
+        &self,
+        req: GenerationRequest,
+    ) -> Result<(SeqId, Receiver<SeqEvent>), SubmitError> {
+        let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        tx.send(Command::Add(req, ev_tx, reply_tx))
+            .map_err(|_| SubmitError::Stopped)?;
+        let id = reply_rx.recv().map_err(|_| SubmitError::Stopped)??;
+        Ok((id, ev_rx))
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once its running requests are done.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(model: &LoadedModel, cfg: EngineConfig, rx: Receiver<Command>) {
+    let mut engine = Engine::new(&model.model, cfg);
+    let mut open = true;
+    loop {
+        // Take every queued command; block only when there is nothing to compute.
+        loop {
+            let cmd = if engine.has_work() || !open {
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            match cmd {
+                Command::Add(req, events, reply) => {
+                    let _ = reply.send(engine.add_request(req, events));
+                }
+            }
+        }
+        if !engine.has_work() {
+            if !open {
+                return;
+            }
+            continue;
+        }
+        if let Err(e) = engine.step() {
+            // A forward error is a bug or a broken model file: fail every request rather than hang them.
+            tracing::error!("engine step failed: {e}");
+            engine.abort_all();
+        }
+    }
+}

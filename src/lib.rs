@@ -1,6 +1,7 @@
 //! inhaus: an on-premises, OpenAI-compatible inference server for open-weight language models.
 //!
 //! Data flows one way: CLI / HTTP → engine → models → kernels.
+pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod chat_template;

@@ -24,6 +24,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve models over the OpenAI-compatible HTTP API.
+    Serve {
+        #[arg(long, env = "INHAUS_HOST", default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, env = "INHAUS_PORT", default_value_t = 8080)]
+        port: u16,
+        /// Catalog alias or .gguf path; repeat to serve several (default: the default chat model).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// KV cache memory per model, in MiB.
+        #[arg(long, env = "INHAUS_KV_CACHE_MIB", default_value_t = 1024)]
+        kv_cache_mib: usize,
+        #[arg(long, default_value_t = 64)]
+        max_num_seqs: usize,
+        #[arg(long, default_value_t = 512)]
+        max_num_batched_tokens: usize,
+        /// Requests waiting beyond this are refused with 429.
+        #[arg(long, default_value_t = 256)]
+        max_waiting: usize,
+    },
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
         /// Catalog alias or path to a .gguf file.
@@ -94,6 +114,39 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let threads = init_threads(cli.threads)?;
     match cli.command {
+        Command::Serve {
+            host,
+            port,
+            models,
+            kv_cache_mib,
+            max_num_seqs,
+            max_num_batched_tokens,
+            max_waiting,
+        } => {
+            let models = if models.is_empty() {
+                vec![inhaus::catalog::default_chat_alias().to_string()]
+            } else {
+                models
+            };
+            let cfg = inhaus::api::ServeConfig {
+                host,
+                port,
+                models,
+                engine: inhaus::engine::scheduler::EngineConfig {
+                    max_num_seqs: max_num_seqs.max(1),
+                    max_num_batched_tokens: max_num_batched_tokens.max(1),
+                    block_size: 16,
+                    num_blocks: 0,
+                    max_waiting,
+                },
+                kv_cache_bytes: kv_cache_mib.max(1) << 20,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(inhaus::api::serve(cfg))?;
+        }
         Command::Generate {
             model,
             prompt,

@@ -1,0 +1,303 @@
+//! `inhaus serve` as a client sees it over HTTP: OpenAI response shapes, SSE streams that concatenate
+//! to the non-streamed text, stop strings never emitted, and OpenAI error objects with the right status
+//! for bad input. The server runs as a child process on a free loopback port.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+const ALIAS: &str = "smollm2-135m-instruct";
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a server for one test; it is killed when the guard drops (also when the test panics).
+fn server() -> Server {
+    ensure_model(ALIAS);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inhaus"))
+        .args([
+            "serve",
+            "--model",
+            ALIAS,
+            "--port",
+            "0",
+            "--kv-cache-mib",
+            "64",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start inhaus serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read stderr");
+        if let Some(rest) = line.strip_prefix("inhaus: listening on http://") {
+            break rest.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 request; returns (status, headers, body).
+fn http(srv: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+fn post(srv: &Server, path: &str, body: Value) -> (u16, Value) {
+    let (status, _, text) = http(srv, "POST", path, Some(&body.to_string()));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
+}
+
+fn assert_error(status: u16, v: &Value, want_status: u16) {
+    assert_eq!(status, want_status, "{v}");
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "param and code are present (maybe null): {v}"
+    );
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn health_and_models() {
+    let srv = server();
+    let (status, _, body) = http(&srv, "GET", "/health", None);
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, body) = http(&srv, "GET", "/v1/models", None);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], ALIAS);
+    assert_eq!(v["data"][0]["object"], "model");
+}
+
+#[test]
+fn chat_answers_with_the_openai_shape() {
+    let srv = server();
+    let (status, v) = post(
+        &srv,
+        "/v1/chat/completions",
+        json!({ "model": ALIAS, "messages": [{ "role": "user", "content": "What is the capital of Germany?" }], "max_tokens": 20, "temperature": 0, "some_unknown_field": 1 }),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().is_some_and(|s| s.starts_with("chatcmpl-")));
+    assert!(v["created"].is_u64());
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["role"], "assistant");
+    assert!(c["message"]["refusal"].is_null() && c["logprobs"].is_null());
+    assert!(
+        c["message"]["content"]
+            .as_str()
+            .expect("content")
+            .contains("Berlin"),
+        "{v}"
+    );
+    assert!(matches!(
+        c["finish_reason"].as_str(),
+        Some("stop" | "length")
+    ));
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(
+            u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0)
+        )
+    );
+}
+
+#[test]
+fn streamed_text_concatenates_to_the_non_streamed_text() {
+    let srv = server();
+    let req = json!({ "model": ALIAS, "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0 });
+    let (status, full) = post(&srv, "/v1/completions", req.clone());
+    assert_eq!(status, 200, "{full}");
+    let mut sreq = req;
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({ "include_usage": true });
+    let (status, head, body) = http(&srv, "POST", "/v1/completions", Some(&sreq.to_string()));
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk JSON"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, full["choices"][0]["text"].as_str().expect("text"));
+    let finishes = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["finish_reason"].is_string())
+        .count();
+    assert_eq!(finishes, 1, "exactly one chunk carries finish_reason");
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], full["usage"]);
+}
+
+#[test]
+fn chat_stream_starts_with_the_role() {
+    let srv = server();
+    let req = json!({ "model": ALIAS, "messages": [{ "role": "user", "content": "Say hi" }], "max_tokens": 5, "stream": true });
+    let (status, _, body) = http(&srv, "POST", "/v1/chat/completions", Some(&req.to_string()));
+    assert_eq!(status, 200);
+    let events = sse_events(&body);
+    let first: Value = serde_json::from_str(&events[0]).expect("JSON");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[test]
+fn stop_strings_end_the_text_and_are_not_emitted() {
+    let srv = server();
+    let base = json!({ "model": ALIAS, "prompt": "The capital of France is", "max_tokens": 20, "temperature": 0 });
+    let (_, full) = post(&srv, "/v1/completions", base.clone());
+    let text = full["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    // Stop at the third word of the greedy continuation, whatever it is.
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    assert!(words.len() > 3, "continuation too short: {text:?}");
+    let stop = words[2].trim_end().to_string();
+    let mut req = base;
+    req["stop"] = json!([stop]);
+    let (status, v) = post(&srv, "/v1/completions", req);
+    assert_eq!(status, 200);
+    let got = v["choices"][0]["text"].as_str().expect("text");
+    assert!(!got.contains(&stop), "stop string emitted: {got:?}");
+    assert!(
+        text.starts_with(got) && text[got.len()..].starts_with(&stop),
+        "{got:?} vs {text:?}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn bad_input_gets_openai_errors() {
+    let srv = server();
+    let (status, _, body) = http(&srv, "POST", "/v1/chat/completions", Some("{not json"));
+    assert_error(
+        status,
+        &serde_json::from_str(&body).expect("JSON error"),
+        400,
+    );
+    let (s, v) = post(&srv, "/v1/chat/completions", json!({ "messages": 5 }));
+    assert_error(s, &v, 400);
+    let (s, v) = post(&srv, "/v1/chat/completions", json!({ "model": ALIAS }));
+    assert_error(s, &v, 400);
+    let (s, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": "no-such-model", "prompt": "x" }),
+    );
+    assert_error(s, &v, 404);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let (s, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": ALIAS, "prompt": "x", "temperature": 5 }),
+    );
+    assert_error(s, &v, 400);
+    assert_eq!(v["error"]["param"], "temperature");
+    let (s, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": ALIAS, "prompt": "x", "max_tokens": 100000000 }),
+    );
+    assert_error(s, &v, 400);
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let (s, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": ALIAS, "prompt": [1, 2, 99999999] }),
+    );
+    assert_error(s, &v, 400);
+    let (s, v) = post(
+        &srv,
+        "/v1/chat/completions",
+        json!({ "model": ALIAS, "messages": [{ "role": "wizard", "content": "x" }] }),
+    );
+    assert_error(s, &v, 400);
+    let (status, _, body) = http(&srv, "GET", "/v1/nothing-here", None);
+    assert_error(
+        status,
+        &serde_json::from_str(&body).expect("JSON error"),
+        404,
+    );
+}

@@ -461,7 +461,18 @@ async fn generate(state: Shared, plan: Plan, kind: Kind) -> Response {
     let Some(served) = state.models.get(&plan.model) else {
         return ApiError::model_not_found(&plan.model).into_response();
     };
-    let events = match served.engine.submit(plan.request) {
+    // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
+    let submitted = {
+        let state = state.clone();
+        let name = plan.model.clone();
+        let request = plan.request;
+        tokio::task::spawn_blocking(move || match state.models.get(&name) {
+            Some(m) => m.engine.submit(request),
+            None => Err(SubmitError::Stopped),
+        })
+        .await
+    };
+    let events = match submitted.unwrap_or(Err(SubmitError::Stopped)) {
         Ok((_, rx)) => rx,
         Err(SubmitError::Refused(AdmissionError::QueueFull)) => {
             return ApiError::overloaded().into_response()

@@ -67,11 +67,22 @@ fn prompts() -> Vec<Vec<u32>> {
 fn alone(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     let m = model(ALIAS);
     let mut e = Engine::new(&m.model, config(64));
-    let (tx, rx) = channel();
-    e.add_request(request(prompt.to_vec(), max_tokens), tx)
-        .expect("admitted");
+    let rxs = submit_all(&mut e, &[prompt.to_vec()], max_tokens);
     e.run_to_completion().expect("run");
-    collect(&rx).0
+    collect(&rxs[0]).0
+}
+
+/// Queues one greedy request per prompt; returns their event receivers in order.
+fn submit_all(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Receiver<SeqEvent>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let (tx, rx) = channel();
+            e.add_request(request(p.clone(), max_tokens), tx)
+                .expect("admitted");
+            rx
+        })
+        .collect()
 }
 
 #[test]
@@ -80,14 +91,7 @@ fn batched_greedy_equals_alone_and_nothing_leaks() {
     let ps = prompts();
     let expected: Vec<Vec<u32>> = ps.iter().map(|p| alone(p, 12)).collect();
     let mut e = Engine::new(&m.model, config(256));
-    let rxs: Vec<_> = ps
-        .iter()
-        .map(|p| {
-            let (tx, rx) = channel();
-            e.add_request(request(p.clone(), 12), tx).expect("admitted");
-            rx
-        })
-        .collect();
+    let rxs = submit_all(&mut e, &ps, 12);
     e.run_to_completion().expect("run");
     for (i, rx) in rxs.iter().enumerate() {
         let (toks, fin) = collect(rx);
@@ -105,14 +109,7 @@ fn preemption_under_a_small_pool_keeps_results() {
     let expected: Vec<Vec<u32>> = ps.iter().map(|p| alone(p, 24)).collect();
     // 10 blocks of 16 tokens cannot hold 8 sequences of ~40 tokens at once.
     let mut e = Engine::new(&m.model, config(10));
-    let rxs: Vec<_> = ps
-        .iter()
-        .map(|p| {
-            let (tx, rx) = channel();
-            e.add_request(request(p.clone(), 24), tx).expect("admitted");
-            rx
-        })
-        .collect();
+    let rxs = submit_all(&mut e, &ps, 24);
     e.run_to_completion().expect("run");
     assert!(
         e.stats().preemptions > 0,

@@ -2,8 +2,7 @@
 //! concurrent streams of ~150-token prompts and 128 output tokens (ignore_eos), with time to first
 //! token percentiles. The HTTP-level comparison with llama-server belongs to the API's load script.
 //! Run: cargo bench --bench engine [-- ALIAS]
-use inhaus::engine::sampler::SamplingParams;
-use inhaus::engine::scheduler::{Engine, EngineConfig, GenerationRequest, SeqEvent};
+use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
 use std::sync::mpsc::channel;
 use std::time::Instant;
 
@@ -42,15 +41,10 @@ fn main() {
             let mut prompt = m.tokenizer.encode(&text, true).expect("encode");
             prompt.truncate(150);
             let (tx, rx) = channel();
-            let req = GenerationRequest {
-                prompt,
-                sampling: SamplingParams::default(),
-                max_tokens: 128,
-                min_tokens: 0,
-                stop_ids: vec![],
-                ignore_eos: true,
-            };
-            e.add_request(req, tx).expect("admitted");
+            let mut req = GenerationRequest::new(prompt, 128);
+            req.ignore_eos = true;
+            e.add_request(req, tx, CancelHandle::new(1))
+                .expect("admitted");
             rxs.push(rx);
         }
         let mut first: Vec<Option<f64>> = vec![None; streams];

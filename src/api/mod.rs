@@ -43,8 +43,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let cap = (c.context_len * ecfg.max_num_seqs).div_ceil(ecfg.block_size);
         ecfg.num_blocks = (cfg.kv_cache_bytes / per_block).clamp(1, cap.max(1));
         tracing::info!(model = %loaded.name, blocks = ecfg.num_blocks, block_size = ecfg.block_size, "KV cache");
-        let engine =
-            EngineHandle::spawn(loaded.clone(), ecfg).context("starting the engine thread")?;
+        let engine = EngineHandle::spawn(loaded.clone(), ecfg, Default::default())
+            .context("starting the engine thread")?;
         models.insert(loaded.name.clone(), ServedModel { loaded, engine });
     }
     let state = Arc::new(AppState { models });

@@ -227,6 +227,7 @@ fn plan(
         min_tokens: c.min_tokens.unwrap_or(0).max(0) as usize,
         stop_ids: served.loaded.tokenizer.stop_ids.clone(),
         ignore_eos: c.ignore_eos,
+        n: 1,
     };
     Ok(Plan {
         model: name.clone(),
@@ -383,7 +384,7 @@ fn finish_name(r: FinishReason) -> &'static str {
 /// the engine receiver, which cancels the sequence at its next token.
 fn pump(
     served_tok: Arc<crate::loader::LoadedModel>,
-    events: std::sync::mpsc::Receiver<SeqEvent>,
+    stream: crate::engine::handle::RequestStream,
     stops: Vec<String>,
     out: tokio::sync::mpsc::Sender<Piece>,
 ) {
@@ -398,7 +399,7 @@ fn pump(
     let mut pending = String::new();
     let mut n = 0usize;
     let emit = |s: String| out.blocking_send(Piece::Text(s)).is_ok();
-    for ev in events {
+    for ev in stream.events.iter() {
         match ev {
             SeqEvent::Token { id, .. } => {
                 n += 1;
@@ -434,7 +435,7 @@ fn pump(
                     }
                 }
             }
-            SeqEvent::Finished(r) => {
+            SeqEvent::Finished { reason: r, .. } => {
                 if let Ok(t) = dec.finish(tok) {
                     pending.push_str(&t);
                 }
@@ -473,7 +474,7 @@ async fn generate(state: Shared, plan: Plan, kind: Kind) -> Response {
         .await
     };
     let events = match submitted.unwrap_or(Err(SubmitError::Stopped)) {
-        Ok((_, rx)) => rx,
+        Ok(stream) => stream,
         Err(SubmitError::Refused(AdmissionError::QueueFull)) => {
             return ApiError::overloaded().into_response()
         }

@@ -1,7 +1,10 @@
 //! The engine on its own thread: callers (the HTTP layer, tests) submit requests through a bounded
 //! channel and receive each sequence's events on their own channel. The thread steps while there is
 //! work and blocks on the channel when idle, so an idle server uses no CPU.
-use super::scheduler::{AdmissionError, Engine, EngineConfig, GenerationRequest, SeqEvent, SeqId};
+use super::metrics::EngineMetrics;
+use super::scheduler::{
+    AdmissionError, CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent, SeqId,
+};
 use crate::loader::LoadedModel;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -12,8 +15,23 @@ enum Command {
     Add(
         GenerationRequest,
         Sender<SeqEvent>,
+        CancelHandle,
         Sender<Result<SeqId, AdmissionError>>,
     ),
+}
+
+/// A submitted request: its events (every choice's tokens, then its end) and a way to cancel
+/// choices. Dropping it cancels whatever is still running.
+pub struct RequestStream {
+    pub id: SeqId,
+    pub events: Receiver<SeqEvent>,
+    pub cancel: CancelHandle,
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        self.cancel.cancel_all();
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -31,30 +49,36 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub fn spawn(model: Arc<LoadedModel>, cfg: EngineConfig) -> std::io::Result<Self> {
+    pub fn spawn(
+        model: Arc<LoadedModel>,
+        cfg: EngineConfig,
+        metrics: EngineMetrics,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
         let name = format!("inhaus-engine-{}", model.name);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(&model, cfg, rx))?;
+            .spawn(move || run(&model, cfg, metrics, rx))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// Queues a request; its tokens and its end arrive on the returned receiver.
-    pub fn submit(
-        &self,
-        req: GenerationRequest,
-    ) -> Result<(SeqId, Receiver<SeqEvent>), SubmitError> {
+    /// Queues a request; its tokens and its end arrive on the returned stream.
+    pub fn submit(&self, req: GenerationRequest) -> Result<RequestStream, SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;
         let (ev_tx, ev_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::channel();
-        tx.send(Command::Add(req, ev_tx, reply_tx))
+        let cancel = CancelHandle::new(req.n);
+        tx.send(Command::Add(req, ev_tx, cancel.clone(), reply_tx))
             .map_err(|_| SubmitError::Stopped)?;
         let id = reply_rx.recv().map_err(|_| SubmitError::Stopped)??;
-        Ok((id, ev_rx))
+        Ok(RequestStream {
+            id,
+            events: ev_rx,
+            cancel,
+        })
     }
 }
 
@@ -68,8 +92,8 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run(model: &LoadedModel, cfg: EngineConfig, rx: Receiver<Command>) {
-    let mut engine = Engine::new(&model.model, cfg);
+fn run(model: &LoadedModel, cfg: EngineConfig, metrics: EngineMetrics, rx: Receiver<Command>) {
+    let mut engine = Engine::new(&model.model, cfg).with_metrics(metrics);
     let mut open = true;
     loop {
         // Take every queued command; block only when there is nothing to compute.
@@ -93,8 +117,8 @@ fn run(model: &LoadedModel, cfg: EngineConfig, rx: Receiver<Command>) {
                 }
             };
             match cmd {
-                Command::Add(req, events, reply) => {
-                    let _ = reply.send(engine.add_request(req, events));
+                Command::Add(req, events, cancel, reply) => {
+                    let _ = reply.send(engine.add_request(req, events, cancel));
                 }
             }
         }

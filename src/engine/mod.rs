@@ -3,5 +3,7 @@
 pub mod block_pool;
 pub mod generate;
 pub mod handle;
+pub mod metrics;
 pub mod sampler;
 pub mod scheduler;
+pub mod step_model;

@@ -6,12 +6,17 @@
 //! is computed (`num_computed`) catching up with its token list, so chunked prefill, prefix-cache hits
 //! and recompute after preemption are the same rule. When blocks run out, the newest running sequence
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
-use super::block_pool::{BlockHash, BlockId, BlockPool};
+use super::block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
 use super::generate::FinishReason;
+use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
-use inhaus_models::{Batch, KvCache, LogitsWanted, ModelError, SeqChunk, Transformer};
+use super::step_model::StepModel;
+use inhaus_models::{Batch, LogitsWanted, ModelError, SeqChunk, Transformer};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
 use thiserror::Error;
 
 /// Identifies a sequence for its whole life in the engine.
@@ -38,16 +43,62 @@ pub struct GenerationRequest {
     pub min_tokens: usize,
     pub stop_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Choices to generate from the one prompt (`n` in the API); they share the prompt's KV blocks.
+    /// Choice `i` samples with seed `seed + i` when a seed is given.
+    pub n: usize,
 }
 
-/// What the engine sends back for a sequence, in order: tokens, then exactly one `Finished`.
+impl GenerationRequest {
+    /// A request for one choice with default sampling (greedy).
+    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            min_tokens: 0,
+            stop_ids: Vec::new(),
+            ignore_eos: false,
+            n: 1,
+        }
+    }
+}
+
+/// What the engine sends back for each choice of a request, in order: tokens, then exactly one
+/// `Finished`. Events of different choices interleave.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SeqEvent {
     Token {
+        choice: usize,
         id: u32,
         logprobs: Option<TokenLogprobs>,
     },
-    Finished(FinishReason),
+    Finished {
+        choice: usize,
+        reason: FinishReason,
+    },
+}
+
+/// Cancels a request's choices from any thread; the engine frees them at its next step.
+#[derive(Clone, Debug)]
+pub struct CancelHandle(Arc<[AtomicBool]>);
+
+impl CancelHandle {
+    pub fn new(n: usize) -> Self {
+        Self((0..n.max(1)).map(|_| AtomicBool::new(false)).collect())
+    }
+    pub fn cancel(&self, choice: usize) {
+        if let Some(f) = self.0.get(choice) {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+    pub fn cancel_all(&self) {
+        for f in self.0.iter() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+    pub fn is_cancelled(&self, choice: usize) -> bool {
+        self.0.get(choice).is_none_or(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -62,10 +113,19 @@ pub enum AdmissionError {
     },
     #[error("too many requests are waiting; retry later")]
     QueueFull,
+    #[error("n must be between 1 and {max}")]
+    BadChoiceCount { max: usize },
 }
 
 struct Seq {
     id: SeqId,
+    /// Which of the request's choices this sequence generates.
+    choice: usize,
+    /// Choices still to fork from this sequence once its prompt is computed.
+    forks: Vec<usize>,
+    cancel: CancelHandle,
+    arrival: Instant,
+    last_token_at: Option<Instant>,
     tokens: Vec<u32>,
     prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
@@ -86,6 +146,25 @@ impl Seq {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled(self.choice)
+            && self.forks.iter().all(|&c| self.cancel.is_cancelled(c))
+    }
+}
+
+/// The request's sampling parameters with its original seed (a sequence's sampler holds its
+/// choice's offset seed).
+fn request_params(seq: &Seq) -> SamplingParams {
+    let mut p = seq.sampler.params().clone();
+    p.seed = p.seed.map(|s| s.wrapping_sub(seq.choice as u64));
+    p
+}
+
+/// The sampler for `choice` of a request: choice `i` of a seeded request is seeded `seed + i`.
+fn choice_sampler(params: &SamplingParams, prompt: &[u32], choice: usize) -> Sampler {
+    let mut p = params.clone();
+    p.seed = p.seed.map(|s| s.wrapping_add(choice as u64));
+    Sampler::with_prompt(p, prompt)
 }
 
 /// Counters the API exports as metrics.
@@ -96,20 +175,33 @@ pub struct EngineStats {
     pub generation_tokens: u64,
 }
 
-pub struct Engine<'m> {
-    model: &'m Transformer,
-    cache: KvCache,
+/// One step's work: `(index into running, tokens to compute)`, and the `(source, copy)` blocks to
+/// copy before the forward (copy-on-write).
+struct StepPlan {
+    plan: Vec<(usize, usize)>,
+    copies: Vec<(BlockId, BlockId)>,
+}
+
+/// The most choices one request may ask for.
+pub const MAX_CHOICES: usize = 128;
+
+pub struct Engine<'m, M: StepModel = Transformer> {
+    model: &'m M,
+    cache: M::Cache,
     pool: BlockPool,
     cfg: EngineConfig,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     next_id: u64,
     stats: EngineStats,
+    metrics: EngineMetrics,
+    /// Prefix-cache counters already added to `metrics`.
+    synced_prefix: PrefixCacheStats,
 }
 
-impl<'m> Engine<'m> {
-    pub fn new(model: &'m Transformer, cfg: EngineConfig) -> Self {
-        let cache = KvCache::new(model.config.kv_shape(cfg.block_size, cfg.num_blocks));
+impl<'m, M: StepModel> Engine<'m, M> {
+    pub fn new(model: &'m M, cfg: EngineConfig) -> Self {
+        let cache = model.new_cache(cfg.block_size, cfg.num_blocks);
         let pool = BlockPool::new(cfg.num_blocks, cfg.block_size);
         Self {
             model,
@@ -120,7 +212,15 @@ impl<'m> Engine<'m> {
             running: Vec::new(),
             next_id: 0,
             stats: EngineStats::default(),
+            metrics: EngineMetrics::default(),
+            synced_prefix: PrefixCacheStats::default(),
         }
+    }
+
+    /// Reports into `metrics` (shared with the API's registry) from now on.
+    pub fn with_metrics(mut self, metrics: EngineMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -139,17 +239,23 @@ impl<'m> Engine<'m> {
         !self.running.is_empty() || !self.waiting.is_empty()
     }
 
-    /// Queues a request; its events go to `tx`. Refused at once if it can never fit or the queue is full.
+    /// Queues a request; its events go to `tx`, and `cancel` (made for `req.n` choices) stops it from
+    /// any thread. Refused at once if it can never fit or the queue is full.
     pub fn add_request(
         &mut self,
         req: GenerationRequest,
         tx: Sender<SeqEvent>,
+        cancel: CancelHandle,
     ) -> Result<SeqId, AdmissionError> {
         if req.prompt.is_empty() {
             return Err(AdmissionError::EmptyPrompt);
         }
+        let max_n = MAX_CHOICES.min(self.cfg.max_num_seqs);
+        if req.n == 0 || req.n > max_n {
+            return Err(AdmissionError::BadChoiceCount { max: max_n });
+        }
         let pool_tokens = self.cfg.num_blocks * self.cfg.block_size;
-        let limit = self.model.config.context_len.min(pool_tokens);
+        let limit = self.model.context_len().min(pool_tokens);
         if req.prompt.len() + req.max_tokens > limit {
             return Err(AdmissionError::TooLong {
                 prompt: req.prompt.len(),
@@ -163,9 +269,15 @@ impl<'m> Engine<'m> {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         self.stats.prompt_tokens += req.prompt.len() as u64;
-        let sampler = Sampler::with_prompt(req.sampling.clone(), &req.prompt);
+        self.metrics.prompt_tokens.inc_by(req.prompt.len() as u64);
+        let sampler = choice_sampler(&req.sampling, &req.prompt, 0);
         self.waiting.push_back(Seq {
             id,
+            choice: 0,
+            forks: (1..req.n).collect(),
+            cancel,
+            arrival: Instant::now(),
+            last_token_at: None,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             num_computed: 0,
@@ -179,6 +291,7 @@ impl<'m> Engine<'m> {
             ignore_eos: req.ignore_eos,
             tx,
         });
+        self.metrics.waiting.set(self.waiting.len() as i64);
         Ok(id)
     }
 
@@ -191,9 +304,24 @@ impl<'m> Engine<'m> {
         seq.last_hash = None;
     }
 
-    /// Grows `seq`'s block table to hold `upto` positions; false when the pool is short.
-    fn reserve(pool: &mut BlockPool, seq: &mut Seq, upto: usize) -> bool {
-        let need = upto.div_ceil(pool.block_size());
+    /// Grows `seq`'s block table to hold `upto` positions and makes the block that the next position
+    /// writes into private (copy-on-write after a fork), queueing the copy. False when the pool is short.
+    fn reserve(
+        pool: &mut BlockPool,
+        seq: &mut Seq,
+        upto: usize,
+        copies: &mut Vec<(BlockId, BlockId)>,
+    ) -> bool {
+        let bs = pool.block_size();
+        let first = seq.num_computed / bs;
+        if !seq.num_computed.is_multiple_of(bs) && first < seq.table.len() {
+            match pool.make_writable(&mut seq.table, first) {
+                Some(Some(copy)) => copies.push(copy),
+                Some(None) => {}
+                None => return false,
+            }
+        }
+        let need = upto.div_ceil(bs);
         if need <= seq.table.len() {
             return true;
         }
@@ -206,16 +334,72 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Decides this step's work: `(index into running, tokens to compute)`.
-    fn schedule(&mut self) -> Vec<(usize, usize)> {
+    /// Drops cancelled sequences (running and waiting), freeing their blocks. A sequence that still
+    /// has choices to fork hands its place to the first of them that is not cancelled.
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled() {
+                let mut seq = self.running.remove(i);
+                self.finish(&mut seq, FinishReason::Cancelled);
+            } else {
+                Self::promote_fork(&mut self.running[i]);
+                i += 1;
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        while let Some(mut seq) = self.waiting.pop_front() {
+            if seq.cancelled() {
+                self.finish(&mut seq, FinishReason::Cancelled);
+            } else {
+                Self::promote_fork(&mut seq);
+                kept.push_back(seq);
+            }
+        }
+        self.waiting = kept;
+    }
+
+    /// If `seq`'s own choice was cancelled before it forked, it becomes a choice still wanted.
+    fn promote_fork(seq: &mut Seq) {
+        if !seq.cancel.is_cancelled(seq.choice) || seq.forks.is_empty() {
+            return;
+        }
+        seq.forks.retain(|&c| !seq.cancel.is_cancelled(c));
+        if seq.forks.is_empty() {
+            return;
+        }
+        let next = seq.forks.remove(0);
+        let params = request_params(seq);
+        seq.sampler = choice_sampler(&params, &seq.tokens[..seq.prompt_len], next);
+        seq.choice = next;
+    }
+
+    /// Sends a sequence's end (and records its latency) and frees its blocks.
+    fn finish(&mut self, seq: &mut Seq, reason: FinishReason) {
+        if reason != FinishReason::Cancelled {
+            self.metrics
+                .e2e
+                .observe(seq.arrival.elapsed().as_secs_f64());
+        }
+        for choice in std::iter::once(seq.choice).chain(std::mem::take(&mut seq.forks)) {
+            let _ = seq.tx.send(SeqEvent::Finished { choice, reason });
+        }
+        self.release(seq);
+    }
+
+    /// Decides this step's work: `(index into running, tokens to compute)`, and the blocks to copy
+    /// before the forward.
+    fn schedule(&mut self) -> StepPlan {
+        self.drop_cancelled();
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut copies = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let seq = &self.running[i];
             let n = (seq.tokens.len() - seq.num_computed).min(budget);
             let upto = seq.num_computed + n;
-            if Self::reserve(&mut self.pool, &mut self.running[i], upto) {
+            if Self::reserve(&mut self.pool, &mut self.running[i], upto, &mut copies) {
                 plan.push((i, n));
                 budget -= n;
                 i += 1;
@@ -225,14 +409,25 @@ impl<'m> Engine<'m> {
             let Some(mut victim) = self.running.pop() else {
                 break;
             };
+            // A copy queued for the victim's block is moot: the block is freed with the rest.
+            copies.retain(|&(_, dst)| !victim.table.contains(&dst));
             self.release(&mut victim);
             self.stats.preemptions += 1;
+            self.metrics.preemptions.inc();
             tracing::debug!(seq = victim.id.0, "preempted");
             self.waiting.push_front(victim);
             plan.retain(|&(j, _)| j < self.running.len());
         }
-        // Admit waiting sequences, first come first served.
-        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+        // Admit waiting sequences, first come first served. A sequence that will fork takes a seat
+        // for each of its choices.
+        let mut seats: usize = self.running.iter().map(|s| 1 + s.forks.len()).sum();
+        while budget > 0 {
+            let Some(want) = self.waiting.front().map(|s| 1 + s.forks.len()) else {
+                break;
+            };
+            if seats + want > self.cfg.max_num_seqs {
+                break;
+            }
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
@@ -248,23 +443,108 @@ impl<'m> Engine<'m> {
             }
             let n = (seq.tokens.len() - seq.num_computed).min(budget);
             let upto = seq.num_computed + n;
-            if !Self::reserve(&mut self.pool, &mut seq, upto) {
+            if !Self::reserve(&mut self.pool, &mut seq, upto, &mut copies) {
                 self.release(&mut seq);
                 self.waiting.push_front(seq);
                 break;
             }
             budget -= n;
+            seats += want;
             self.running.push(seq);
             plan.push((self.running.len() - 1, n));
         }
-        plan
+        StepPlan { plan, copies }
+    }
+
+    /// Samples `seq`'s next token from `row`, streams it, and says whether the sequence is done.
+    fn emit_token(
+        seq: &mut Seq,
+        row: &[f32],
+        metrics: &EngineMetrics,
+        stats: &mut EngineStats,
+    ) -> Option<FinishReason> {
+        let banned: &[u32] = if seq.generated() < seq.min_tokens {
+            &seq.stop_ids
+        } else {
+            &[]
+        };
+        let tok = seq.sampler.sample_with(row, banned);
+        seq.sampler.observe(tok);
+        let logprobs = seq
+            .sampler
+            .params()
+            .logprobs
+            .map(|k| token_logprobs(row, tok, k));
+        seq.tokens.push(tok);
+        stats.generation_tokens += 1;
+        metrics.generation_tokens.inc();
+        let now = Instant::now();
+        match seq.last_token_at {
+            None => metrics
+                .ttft
+                .observe(now.duration_since(seq.arrival).as_secs_f64()),
+            Some(t) => metrics.itl.observe(now.duration_since(t).as_secs_f64()),
+        }
+        seq.last_token_at = Some(now);
+        let event = SeqEvent::Token {
+            choice: seq.choice,
+            id: tok,
+            logprobs,
+        };
+        if seq.tx.send(event).is_err() {
+            Some(FinishReason::Cancelled)
+        } else if !seq.ignore_eos && seq.stop_ids.contains(&tok) {
+            Some(FinishReason::Stop)
+        } else if seq.generated() >= seq.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    /// Forks the choices `seq` still owes, now that its prompt is computed: each child shares the
+    /// prompt's blocks (the partly filled last one is copied on its first write).
+    fn fork_children(&mut self, seq_idx: usize) -> Vec<Seq> {
+        let forks = std::mem::take(&mut self.running[seq_idx].forks);
+        let mut children = Vec::with_capacity(forks.len());
+        for choice in forks {
+            let parent = &self.running[seq_idx];
+            self.pool.share(&parent.table);
+            let prompt = &parent.tokens[..parent.prompt_len];
+            children.push(Seq {
+                id: SeqId(self.next_id),
+                choice,
+                forks: Vec::new(),
+                cancel: parent.cancel.clone(),
+                arrival: parent.arrival,
+                last_token_at: None,
+                tokens: prompt.to_vec(),
+                prompt_len: parent.prompt_len,
+                num_computed: parent.num_computed,
+                table: parent.table.clone(),
+                registered: parent.registered,
+                last_hash: parent.last_hash,
+                sampler: choice_sampler(&request_params(parent), prompt, choice),
+                max_tokens: parent.max_tokens,
+                min_tokens: parent.min_tokens,
+                stop_ids: parent.stop_ids.clone(),
+                ignore_eos: parent.ignore_eos,
+                tx: parent.tx.clone(),
+            });
+            self.next_id += 1;
+        }
+        children
     }
 
     /// Runs one step. Returns the number of tokens computed (0 when idle).
     pub fn step(&mut self) -> Result<usize, ModelError> {
-        let plan = self.schedule();
+        let StepPlan { plan, copies } = self.schedule();
+        self.update_gauges();
         if plan.is_empty() {
             return Ok(0);
+        }
+        for &(src, dst) in &copies {
+            M::copy_block(&mut self.cache, src.0, dst.0);
         }
         let tables: Vec<Vec<u32>> = plan
             .iter()
@@ -293,7 +573,8 @@ impl<'m> Engine<'m> {
         let computed = batch.num_tokens();
         let logits = self.model.forward(&batch, &mut self.cache)?;
         let bs = self.cfg.block_size;
-        let mut finished = Vec::new();
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut forked: Vec<Seq> = Vec::new();
         for (k, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             seq.num_computed += n;
@@ -307,30 +588,19 @@ impl<'m> Engine<'m> {
                 seq.registered += 1;
             }
             let Some(row) = logits.last(k) else { continue };
-            let banned: &[u32] = if seq.generated() < seq.min_tokens {
-                &seq.stop_ids
+            let mut children = if seq.forks.is_empty() {
+                Vec::new()
             } else {
-                &[]
+                self.fork_children(i)
             };
-            let tok = seq.sampler.sample_with(row, banned);
-            seq.sampler.observe(tok);
-            let logprobs = seq
-                .sampler
-                .params()
-                .logprobs
-                .map(|k| token_logprobs(row, tok, k));
-            seq.tokens.push(tok);
-            self.stats.generation_tokens += 1;
-            let reason = if seq.tx.send(SeqEvent::Token { id: tok, logprobs }).is_err() {
-                Some(FinishReason::Cancelled)
-            } else if !seq.ignore_eos && seq.stop_ids.contains(&tok) {
-                Some(FinishReason::Stop)
-            } else if seq.generated() >= seq.max_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
+            for mut child in children.drain(..) {
+                match Self::emit_token(&mut child, row, &self.metrics, &mut self.stats) {
+                    Some(r) => self.finish(&mut child, r),
+                    None => forked.push(child),
+                }
+            }
+            let seq = &mut self.running[i];
+            if let Some(r) = Self::emit_token(seq, row, &self.metrics, &mut self.stats) {
                 finished.push((i, r));
             }
         }
@@ -338,10 +608,30 @@ impl<'m> Engine<'m> {
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let mut seq = self.running.remove(i);
-            let _ = seq.tx.send(SeqEvent::Finished(reason));
-            self.release(&mut seq);
+            self.finish(&mut seq, reason);
         }
+        self.running.extend(forked);
+        self.sync_prefix_metrics();
+        self.update_gauges();
         Ok(computed)
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.running.set(self.running.len() as i64);
+        self.metrics.waiting.set(self.waiting.len() as i64);
+        self.metrics.kv_usage.set(self.pool.usage());
+    }
+
+    fn sync_prefix_metrics(&mut self) {
+        let now = self.pool.stats();
+        let bs = self.cfg.block_size as u64;
+        self.metrics
+            .prefix_queries
+            .inc_by((now.queries - self.synced_prefix.queries) * bs);
+        self.metrics
+            .prefix_hits
+            .inc_by((now.hits - self.synced_prefix.hits) * bs);
+        self.synced_prefix = now;
     }
 
     /// Ends every request with an error and frees everything (after a failed step).
@@ -349,9 +639,9 @@ impl<'m> Engine<'m> {
         let mut all: Vec<Seq> = self.running.drain(..).collect();
         all.extend(self.waiting.drain(..));
         for mut seq in all {
-            let _ = seq.tx.send(SeqEvent::Finished(FinishReason::Error));
-            self.release(&mut seq);
+            self.finish(&mut seq, FinishReason::Error);
         }
+        self.update_gauges();
     }
 
     /// Steps until no request is left (for tests and batch jobs).

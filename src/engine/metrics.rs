@@ -1,0 +1,170 @@
+//! The engine's Prometheus metrics, named like vLLM's under the `inhaus:` prefix and labelled by
+//! `model_name`, so several engines share one registry. prometheus-client (the Prometheus project's
+//! Rust client) holds them; handles are cheap clones of shared atomics, updated by the engine thread
+//! and read by the `/metrics` route.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model_name: String,
+}
+
+type Hist = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+        20.0, 40.0, 80.0, 160.0,
+    ])
+}
+
+/// Every engine metric family, registered once per server.
+#[derive(Clone)]
+pub struct EngineMetricFamilies {
+    running: Family<ModelLabel, Gauge>,
+    waiting: Family<ModelLabel, Gauge>,
+    kv_usage: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    prefix_queries: Family<ModelLabel, Counter>,
+    prefix_hits: Family<ModelLabel, Counter>,
+    preemptions: Family<ModelLabel, Counter>,
+    prompt_tokens: Family<ModelLabel, Counter>,
+    generation_tokens: Family<ModelLabel, Counter>,
+    ttft: Hist,
+    itl: Hist,
+    e2e: Hist,
+}
+
+impl EngineMetricFamilies {
+    pub fn register(reg: &mut Registry) -> Self {
+        let f = Self {
+            running: Family::default(),
+            waiting: Family::default(),
+            kv_usage: Family::default(),
+            prefix_queries: Family::default(),
+            prefix_hits: Family::default(),
+            preemptions: Family::default(),
+            prompt_tokens: Family::default(),
+            generation_tokens: Family::default(),
+            ttft: Family::new_with_constructor(latency_histogram),
+            itl: Family::new_with_constructor(latency_histogram),
+            e2e: Family::new_with_constructor(latency_histogram),
+        };
+        reg.register(
+            "inhaus:num_requests_running",
+            "Sequences in the running batch",
+            f.running.clone(),
+        );
+        reg.register(
+            "inhaus:num_requests_waiting",
+            "Sequences waiting to be scheduled",
+            f.waiting.clone(),
+        );
+        reg.register(
+            "inhaus:kv_cache_usage_perc",
+            "Fraction of KV blocks held by live sequences (1 = full)",
+            f.kv_usage.clone(),
+        );
+        // Counters get the `_total` suffix from the encoder.
+        reg.register(
+            "inhaus:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            f.prefix_queries.clone(),
+        );
+        reg.register(
+            "inhaus:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache",
+            f.prefix_hits.clone(),
+        );
+        reg.register(
+            "inhaus:num_preemptions",
+            "Sequences preempted for lack of KV blocks",
+            f.preemptions.clone(),
+        );
+        reg.register(
+            "inhaus:prompt_tokens",
+            "Prompt tokens of admitted requests",
+            f.prompt_tokens.clone(),
+        );
+        reg.register(
+            "inhaus:generation_tokens",
+            "Generated tokens",
+            f.generation_tokens.clone(),
+        );
+        reg.register(
+            "inhaus:time_to_first_token_seconds",
+            "Time from arrival to the first generated token",
+            f.ttft.clone(),
+        );
+        reg.register(
+            "inhaus:inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a sequence",
+            f.itl.clone(),
+        );
+        reg.register(
+            "inhaus:e2e_request_latency_seconds",
+            "Time from arrival to the end of a sequence",
+            f.e2e.clone(),
+        );
+        f
+    }
+
+    /// The handles for one model's engine.
+    pub fn for_model(&self, model: &str) -> EngineMetrics {
+        let l = ModelLabel {
+            model_name: model.to_string(),
+        };
+        EngineMetrics {
+            running: self.running.get_or_create(&l).clone(),
+            waiting: self.waiting.get_or_create(&l).clone(),
+            kv_usage: self.kv_usage.get_or_create(&l).clone(),
+            prefix_queries: self.prefix_queries.get_or_create(&l).clone(),
+            prefix_hits: self.prefix_hits.get_or_create(&l).clone(),
+            preemptions: self.preemptions.get_or_create(&l).clone(),
+            prompt_tokens: self.prompt_tokens.get_or_create(&l).clone(),
+            generation_tokens: self.generation_tokens.get_or_create(&l).clone(),
+            ttft: self.ttft.get_or_create(&l).clone(),
+            itl: self.itl.get_or_create(&l).clone(),
+            e2e: self.e2e.get_or_create(&l).clone(),
+        }
+    }
+}
+
+/// One engine's metric handles. `Default` gives unregistered handles (tests, benches, the CLI).
+#[derive(Clone)]
+pub struct EngineMetrics {
+    pub running: Gauge,
+    pub waiting: Gauge,
+    pub kv_usage: Gauge<f64, AtomicU64>,
+    pub prefix_queries: Counter,
+    pub prefix_hits: Counter,
+    pub preemptions: Counter,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self {
+            running: Gauge::default(),
+            waiting: Gauge::default(),
+            kv_usage: Gauge::default(),
+            prefix_queries: Counter::default(),
+            prefix_hits: Counter::default(),
+            preemptions: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            ttft: latency_histogram(),
+            itl: latency_histogram(),
+            e2e: latency_histogram(),
+        }
+    }
+}

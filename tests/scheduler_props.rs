@@ -1,0 +1,318 @@
+//! Property tests of the scheduler on a deterministic fake model (no weights, so thousands of steps
+//! run in seconds): random workloads — arrivals over time, prompts of every length, `n` choices,
+//! stop tokens, seeded sampling, cancellations, pools from barely enough to ample, small and large
+//! budgets — must respect the token budget and sequence cap every step, keep the block pool
+//! consistent, finish every choice exactly once with the tokens it would get alone (so preempted work
+//! resumes correctly and nobody starves), admit first come first served, and free every block.
+use inhaus::engine::generate::FinishReason;
+use inhaus::engine::sampler::{argmax, SamplingParams};
+use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
+use inhaus::engine::step_model::FakeModel;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::mpsc::{channel, Receiver};
+
+const VOCAB: usize = 48;
+
+struct Arrival {
+    at_step: usize,
+    req: GenerationRequest,
+    cancel_at: Option<usize>,
+}
+
+struct Live {
+    rx: Receiver<SeqEvent>,
+    cancel: CancelHandle,
+    tokens: Vec<Vec<u32>>,
+    ends: Vec<Vec<FinishReason>>,
+    first_token_step: Option<usize>,
+    cancelled: bool,
+}
+
+/// Greedy tokens the fake model gives after `prompt`, with the engine's stop rules.
+fn greedy_reference(model: &FakeModel, req: &GenerationRequest) -> (Vec<u32>, FinishReason) {
+    let mut ctx = req.prompt.clone();
+    let mut out = Vec::new();
+    loop {
+        let mut logits = model.logits_after(&ctx);
+        if out.len() < req.min_tokens {
+            for &s in &req.stop_ids {
+                logits[s as usize] = f32::NEG_INFINITY;
+            }
+        }
+        let t = argmax(&logits);
+        out.push(t);
+        ctx.push(t);
+        if !req.ignore_eos && req.stop_ids.contains(&t) {
+            return (out, FinishReason::Stop);
+        }
+        if out.len() >= req.max_tokens {
+            return (out, FinishReason::Length);
+        }
+    }
+}
+
+/// A request's choices run alone in an ample engine.
+fn solo(model: &FakeModel, req: &GenerationRequest) -> Vec<(Vec<u32>, FinishReason)> {
+    let cfg = EngineConfig {
+        max_num_seqs: 64,
+        max_num_batched_tokens: 1024,
+        block_size: 16,
+        num_blocks: 256,
+        max_waiting: 16,
+    };
+    let mut e = Engine::new(model, cfg);
+    let (tx, rx) = channel();
+    e.add_request(req.clone(), tx, CancelHandle::new(req.n))
+        .expect("admitted alone");
+    e.run_to_completion().expect("run alone");
+    let mut out = vec![(Vec::new(), FinishReason::Error); req.n];
+    for ev in rx.try_iter() {
+        match ev {
+            SeqEvent::Token { choice, id, .. } => out[choice].0.push(id),
+            SeqEvent::Finished { choice, reason } => out[choice].1 = reason,
+        }
+    }
+    out
+}
+
+fn random_case(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let model = FakeModel {
+        vocab: VOCAB,
+        context_len: 160,
+    };
+    let block_size = [4, 8, 16][rng.random_range(0..3)];
+    let max_num_seqs = rng.random_range(1..=16);
+    let n_req = rng.random_range(1..=24);
+    let mut arrivals = Vec::new();
+    let mut longest = 0;
+    for _ in 0..n_req {
+        let plen = rng.random_range(1..=70);
+        let mut prompt: Vec<u32> = (0..plen)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        // Some prompts share a prefix (prefix-cache hits).
+        if rng.random_bool(0.3) && plen > 20 {
+            for (i, t) in prompt.iter_mut().take(20).enumerate() {
+                *t = i as u32;
+            }
+        }
+        let mut req = GenerationRequest::new(prompt, rng.random_range(1..=20));
+        req.n = if rng.random_bool(0.2) {
+            rng.random_range(2..=3)
+        } else {
+            1
+        };
+        req.n = req.n.min(max_num_seqs);
+        if rng.random_bool(0.3) {
+            req.stop_ids = vec![
+                rng.random_range(0..VOCAB as u32),
+                rng.random_range(0..VOCAB as u32),
+            ];
+            req.min_tokens = rng.random_range(0..3);
+        } else {
+            req.ignore_eos = true;
+        }
+        if rng.random_bool(0.4) {
+            req.sampling = SamplingParams {
+                temperature: 1.0,
+                top_k: rng.random_range(0..10),
+                seed: Some(rng.random()),
+                presence_penalty: if rng.random_bool(0.3) { 0.5 } else { 0.0 },
+                ..Default::default()
+            };
+        }
+        longest = longest.max(req.prompt.len() + req.max_tokens);
+        arrivals.push(Arrival {
+            at_step: if rng.random_bool(0.5) {
+                0
+            } else {
+                rng.random_range(0..30)
+            },
+            cancel_at: rng.random_bool(0.15).then(|| rng.random_range(0..40)),
+            req,
+        });
+    }
+    arrivals.sort_by_key(|a| a.at_step);
+    // From barely enough blocks for the longest request to ample.
+    let min_blocks = longest.div_ceil(block_size) + 1;
+    let cfg = EngineConfig {
+        max_num_seqs,
+        max_num_batched_tokens: rng.random_range(8..=128),
+        block_size,
+        num_blocks: rng.random_range(min_blocks..=min_blocks * 6),
+        max_waiting: 64,
+    };
+    let mut e = Engine::new(&model, cfg.clone());
+    let mut live: Vec<Live> = Vec::new();
+    let mut next = 0;
+    let mut step = 0;
+    loop {
+        while next < arrivals.len() && arrivals[next].at_step <= step {
+            let (tx, rx) = channel();
+            let n = arrivals[next].req.n;
+            let cancel = CancelHandle::new(n);
+            e.add_request(arrivals[next].req.clone(), tx, cancel.clone())
+                .unwrap_or_else(|err| panic!("seed {seed}: refused: {err}"));
+            live.push(Live {
+                rx,
+                cancel,
+                tokens: vec![Vec::new(); n],
+                ends: vec![Vec::new(); n],
+                first_token_step: None,
+                cancelled: false,
+            });
+            next += 1;
+        }
+        for (i, l) in live.iter_mut().enumerate() {
+            if arrivals[i].cancel_at == Some(step) {
+                l.cancel.cancel_all();
+                l.cancelled = true;
+            }
+        }
+        if next == arrivals.len() && !e.has_work() {
+            break;
+        }
+        let computed = e
+            .step()
+            .unwrap_or_else(|err| panic!("seed {seed}: step: {err}"));
+        assert!(
+            computed <= cfg.max_num_batched_tokens,
+            "seed {seed}: step {step} computed {computed} tokens over the budget"
+        );
+        assert!(
+            e.num_running() <= cfg.max_num_seqs,
+            "seed {seed}: too many running"
+        );
+        e.pool()
+            .check_invariants()
+            .unwrap_or_else(|err| panic!("seed {seed}: pool: {err}"));
+        for l in live.iter_mut() {
+            for ev in l.rx.try_iter() {
+                match ev {
+                    SeqEvent::Token { choice, id, .. } => {
+                        assert!(
+                            l.ends[choice].is_empty(),
+                            "seed {seed}: token after the end"
+                        );
+                        l.tokens[choice].push(id);
+                        l.first_token_step.get_or_insert(step);
+                    }
+                    SeqEvent::Finished { choice, reason } => l.ends[choice].push(reason),
+                }
+            }
+        }
+        step += 1;
+        assert!(
+            step < 20_000,
+            "seed {seed}: the engine does not finish (starvation)"
+        );
+    }
+    for (i, l) in live.iter().enumerate() {
+        let req = &arrivals[i].req;
+        let expected = if req.sampling.temperature == 0.0 {
+            vec![greedy_reference(&model, req); req.n]
+        } else {
+            solo(&model, req)
+        };
+        for (c, want) in expected.iter().enumerate() {
+            assert_eq!(
+                l.ends[c].len(),
+                1,
+                "seed {seed}: request {i} choice {c} ends {:?}",
+                l.ends[c]
+            );
+            if l.cancelled && l.ends[c][0] == FinishReason::Cancelled {
+                assert!(
+                    want.0.starts_with(&l.tokens[c]),
+                    "seed {seed}: request {i} choice {c}: cancelled prefix differs"
+                );
+                continue;
+            }
+            assert_eq!(
+                (&l.tokens[c], l.ends[c][0]),
+                (&want.0, want.1),
+                "seed {seed}: request {i} choice {c} differs from running alone"
+            );
+        }
+    }
+    // First come, first served: without preemption, no request gets its first token before an
+    // earlier arrival (cancelled ones aside).
+    if e.stats().preemptions == 0 {
+        let mut last = 0;
+        for (i, l) in live.iter().enumerate() {
+            if l.cancelled {
+                continue;
+            }
+            let s = l.first_token_step.unwrap_or(usize::MAX);
+            assert!(
+                s >= last,
+                "seed {seed}: request {i} overtook an earlier arrival"
+            );
+            last = s;
+        }
+    }
+    assert_eq!(e.num_running() + e.num_waiting(), 0, "seed {seed}");
+    assert_eq!(
+        e.pool().num_free(),
+        e.pool().num_blocks(),
+        "seed {seed}: blocks leaked"
+    );
+}
+
+#[test]
+fn random_workloads_respect_budgets_and_match_solo_runs() {
+    let cases: u64 = std::env::var("INHAUS_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for seed in 0..cases {
+        random_case(seed);
+    }
+}
+
+#[test]
+fn preemption_happens_and_preempted_work_resumes() {
+    // A pool that only holds one long sequence at a time forces preemption; all must still finish.
+    let model = FakeModel {
+        vocab: VOCAB,
+        context_len: 160,
+    };
+    let cfg = EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        block_size: 4,
+        num_blocks: 12,
+        max_waiting: 16,
+    };
+    let mut e = Engine::new(&model, cfg);
+    let mut rxs = Vec::new();
+    let reqs: Vec<GenerationRequest> = (0..6)
+        .map(|i| {
+            let mut r =
+                GenerationRequest::new((0..10).map(|t| (t * 7 + i) % VOCAB as u32).collect(), 30);
+            r.ignore_eos = true;
+            r
+        })
+        .collect();
+    for r in &reqs {
+        let (tx, rx) = channel();
+        e.add_request(r.clone(), tx, CancelHandle::new(1))
+            .expect("admitted");
+        rxs.push(rx);
+    }
+    e.run_to_completion().expect("run");
+    assert!(e.stats().preemptions > 0, "this pool must preempt");
+    for (r, rx) in reqs.iter().zip(&rxs) {
+        let toks: Vec<u32> = rx
+            .try_iter()
+            .filter_map(|ev| match ev {
+                SeqEvent::Token { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(toks, greedy_reference(&model, r).0);
+    }
+    assert_eq!(e.pool().num_free(), e.pool().num_blocks());
+}

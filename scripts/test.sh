@@ -12,7 +12,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --release --all-targets -- -D warnings
 echo "== models for the tests"
-scripts/fetch-models.sh gemma-3-270m smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
+scripts/fetch-models.sh gemma-3-270m smollm2-135m-instruct qwen2.5-coder-0.5b-instruct all-minilm-l6-v2
 echo "== cargo test (release)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -5,6 +5,7 @@ pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod chat_template;
+pub mod embeddings;
 pub mod engine;
 pub mod loader;
 pub mod tokenizer;

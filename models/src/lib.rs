@@ -6,8 +6,10 @@
 //! - [`batch`]: what one step computes: new tokens of several sequences, their positions and blocks.
 //! - [`transformer`]: the shared decoder (attention with GQA + RoPE, gated MLP, RMSNorm).
 //! - [`arch`]: per-architecture differences (Gemma 3, Qwen 2, Llama) read from GGUF metadata.
+//! - [`bert`]: the BERT encoder of sentence-embedding models, loaded from safetensors.
 pub mod arch;
 pub mod batch;
+pub mod bert;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
@@ -15,6 +17,7 @@ pub mod transformer;
 pub mod weights;
 
 pub use batch::{Batch, LogitsWanted, SeqChunk, StepLogits};
+pub use bert::{BertConfig, BertError, BertModel, BertOutput};
 pub use error::ModelError;
 pub use gguf::GgufFile;
 pub use kv_cache::{KvCache, KvCacheShape};

@@ -86,6 +86,15 @@ pub fn default_chat_alias() -> &'static str {
 }
 
 /// The model folder: `$INHAUS_MODELS`, else `~/.cache/inhaus/models`.
+/// The models `inhaus serve` serves when none are named: every catalog entry marked default.
+pub fn default_serve_aliases() -> Vec<String> {
+    entries()
+        .iter()
+        .filter(|e| e.default)
+        .map(|e| e.alias.clone())
+        .collect()
+}
+
 pub fn models_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("INHAUS_MODELS").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);

@@ -25,25 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve models over the OpenAI-compatible HTTP API.
-    Serve {
-        #[arg(long, env = "INHAUS_HOST", default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, env = "INHAUS_PORT", default_value_t = 8080)]
-        port: u16,
-        /// Catalog alias or .gguf path; repeat to serve several (default: the default chat model).
-        #[arg(long = "model")]
-        models: Vec<String>,
-        /// KV cache memory per model, in MiB.
-        #[arg(long, env = "INHAUS_KV_CACHE_MIB", default_value_t = 1024)]
-        kv_cache_mib: usize,
-        #[arg(long, default_value_t = 64)]
-        max_num_seqs: usize,
-        #[arg(long, default_value_t = 512)]
-        max_num_batched_tokens: usize,
-        /// Requests waiting beyond this are refused with 429.
-        #[arg(long, default_value_t = 256)]
-        max_waiting: usize,
-    },
+    Serve(ServeArgs),
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
         /// Catalog alias or path to a .gguf file.
@@ -89,6 +71,95 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "INHAUS_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "INHAUS_PORT", default_value_t = 8080)]
+    port: u16,
+    /// A catalog alias, a .gguf path (a folder for embedding models), or NAME=PATH; repeat to serve
+    /// several. Default: the catalog's default models (chat and embeddings), fetched if missing.
+    #[arg(long = "model", env = "INHAUS_MODELS_SERVED", value_delimiter = ',')]
+    models: Vec<String>,
+    /// KV cache memory per model, e.g. 2GiB or 512MiB (default: a quarter of the available memory).
+    #[arg(long, env = "INHAUS_KV_CACHE_MEMORY", value_parser = parse_size)]
+    kv_cache_memory: Option<usize>,
+    /// Sequences in the running batch at most.
+    #[arg(long, env = "INHAUS_MAX_NUM_SEQS", default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Tokens computed per step at most (prefill chunks + decodes).
+    #[arg(long, env = "INHAUS_MAX_NUM_BATCHED_TOKENS", default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// Requests waiting beyond this are refused with 429.
+    #[arg(long, env = "INHAUS_MAX_WAITING", default_value_t = 256)]
+    max_waiting: usize,
+    /// Require `Authorization: Bearer KEY` on the API (repeatable; comma-separated in the env).
+    #[arg(
+        long = "api-key",
+        env = "INHAUS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// A file with one API key per line (blank lines and # comments ignored).
+    #[arg(long, env = "INHAUS_API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Requests running longer are ended with a 408 error (0: no limit).
+    #[arg(long, env = "INHAUS_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
+    request_timeout_secs: u64,
+    /// The largest request body accepted (413 beyond), e.g. 16MiB.
+    #[arg(long, env = "INHAUS_MAX_BODY", value_parser = parse_size, default_value = "16MiB")]
+    max_body: usize,
+    /// After SIGTERM/SIGINT, how long running requests may take to finish.
+    #[arg(long, env = "INHAUS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    shutdown_timeout_secs: u64,
+}
+
+/// Parses sizes like `2GiB`, `512MiB`, `64KiB`, `1G`, `100M` or plain bytes.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 2GiB or 512MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown size unit in `{s}` (use KiB, MiB, GiB)")),
+    };
+    let bytes = value * mult;
+    if !(1.0..=(1u64 << 50) as f64).contains(&bytes) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
+fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the API key file {}: {e}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(keys)
+}
+
 fn init_threads(threads: Option<usize>) -> Result<usize> {
     let n = threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -114,38 +185,38 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let threads = init_threads(cli.threads)?;
     match cli.command {
-        Command::Serve {
-            host,
-            port,
-            models,
-            kv_cache_mib,
-            max_num_seqs,
-            max_num_batched_tokens,
-            max_waiting,
-        } => {
-            let models = if models.is_empty() {
-                vec![inhaus::catalog::default_chat_alias().to_string()]
+        Command::Serve(args) => {
+            let models = if args.models.is_empty() {
+                inhaus::catalog::default_serve_aliases()
             } else {
-                models
+                args.models.clone()
             };
             let cfg = inhaus::api::ServeConfig {
-                host,
-                port,
+                host: args.host.clone(),
+                port: args.port,
                 models,
                 engine: inhaus::engine::scheduler::EngineConfig {
-                    max_num_seqs: max_num_seqs.max(1),
-                    max_num_batched_tokens: max_num_batched_tokens.max(1),
+                    max_num_seqs: args.max_num_seqs.max(1),
+                    max_num_batched_tokens: args.max_num_batched_tokens.max(1),
                     block_size: 16,
                     num_blocks: 0,
-                    max_waiting,
+                    max_waiting: args.max_waiting,
                 },
-                kv_cache_bytes: kv_cache_mib.max(1) << 20,
+                kv_cache_bytes: args.kv_cache_memory,
+                api_keys: api_keys(&args)?,
+                request_timeout: (args.request_timeout_secs > 0)
+                    .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
+                max_body_bytes: args.max_body,
+                shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(inhaus::api::serve(cfg))?;
+            let result = rt.block_on(inhaus::api::serve(cfg));
+            // Blocking readers still waiting on an engine must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
         }
         Command::Generate {
             model,

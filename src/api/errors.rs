@@ -55,6 +55,55 @@ impl ApiError {
             code: None,
         }
     }
+    pub fn unsupported(message: impl Into<String>, param: &'static str) -> Self {
+        Self::invalid(message, Some(param))
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("The request body exceeds the limit of {limit} bytes."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        }
+    }
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`."
+                .into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+    pub fn loading() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "The server is still loading its models; retry shortly.".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("model_loading"),
+        }
+    }
+    pub fn timeout(secs: u64) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("The request did not finish within the server's limit of {secs} s."),
+            kind: "timeout_error",
+            param: None,
+            code: Some("timeout"),
+        }
+    }
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "This route does not take that method.".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+    }
     pub fn not_found() -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
@@ -75,7 +124,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

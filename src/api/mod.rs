@@ -1,62 +1,308 @@
-//! The OpenAI-compatible HTTP API (first subset): `/health`, `/v1/models`, `/v1/completions` and
-//! `/v1/chat/completions`, streaming (SSE) and not, over the engine threads. Every client mistake is an
-//! OpenAI error object with the right status, never a panic or a framework's plain-text reply.
+//! The OpenAI-compatible HTTP API. `serve` binds first (so `/health` answers while models load),
+//! loads the models and starts one engine thread per generative model, then serves until
+//! SIGINT/SIGTERM, when it stops accepting, lets in-flight requests finish up to a grace period, and
+//! exits. Every client mistake is an OpenAI error object with the right status, never a panic or a
+//! framework's plain-text reply.
+pub mod auth;
+pub mod completions;
+pub mod embeddings;
 pub mod errors;
+pub mod observe;
+pub mod params;
+pub mod pump;
 pub mod routes;
+pub mod tokenize;
 
+use crate::embeddings::Embedder;
 use crate::engine::handle::EngineHandle;
+use crate::engine::metrics::EngineMetricFamilies;
 use crate::engine::scheduler::EngineConfig;
 use crate::loader::{self, LoadedModel};
 use anyhow::Context;
+use embeddings::ServedEmbedder;
+use errors::ApiError;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// One served model: its weights, tokenizer and template, and its engine thread.
+/// One served generative model: its weights, tokenizer and template, and its engine thread.
 pub struct ServedModel {
     pub loaded: Arc<LoadedModel>,
     pub engine: EngineHandle,
 }
 
+/// Everything loaded, by the name clients use in `model`.
+#[derive(Default)]
+pub struct Models {
+    pub generative: BTreeMap<String, ServedModel>,
+    pub embedders: BTreeMap<String, ServedEmbedder>,
+}
+
 pub struct AppState {
-    pub models: BTreeMap<String, ServedModel>,
+    models: OnceLock<Models>,
+    pub registry: Registry,
+    engine_metrics: EngineMetricFamilies,
+    pub http_requests: observe::HttpRequests,
+    pub api_keys: Vec<String>,
+    pub request_timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(
+        api_keys: Vec<String>,
+        request_timeout: Option<Duration>,
+        max_body_bytes: usize,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let engine_metrics = EngineMetricFamilies::register(&mut registry);
+        let http_requests = observe::HttpRequests::default();
+        registry.register(
+            "inhaus:http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        Self {
+            models: OnceLock::new(),
+            registry,
+            engine_metrics,
+            http_requests,
+            api_keys,
+            request_timeout,
+            max_body_bytes,
+        }
+    }
+
+    /// The loaded models; 503 while they load.
+    pub fn models(&self) -> Result<&Models, ApiError> {
+        self.models.get().ok_or_else(ApiError::loading)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.models.get().is_some()
+    }
+
+    pub fn generative(&self, name: &str) -> Result<&ServedModel, ApiError> {
+        let m = self.models()?;
+        if let Some(s) = m.generative.get(name) {
+            return Ok(s);
+        }
+        if m.embedders.contains_key(name) {
+            return Err(ApiError::invalid(
+                format!("The model `{name}` is an embedding model; use /v1/embeddings."),
+                Some("model"),
+            ));
+        }
+        Err(ApiError::model_not_found(name))
+    }
+
+    /// The named generative model, or the first one when no name is given.
+    pub fn generative_or_default(&self, name: Option<&str>) -> Result<&ServedModel, ApiError> {
+        match name {
+            Some(n) => self.generative(n),
+            None => {
+                self.models()?.generative.values().next().ok_or_else(|| {
+                    ApiError::invalid("No generative model is served.", Some("model"))
+                })
+            }
+        }
+    }
+
+    pub fn embedder(&self, name: &str) -> Result<&ServedEmbedder, ApiError> {
+        let m = self.models()?;
+        if let Some(e) = m.embedders.get(name) {
+            return Ok(e);
+        }
+        if m.generative.contains_key(name) {
+            return Err(ApiError::invalid(
+                format!("The model `{name}` does not serve embeddings; use an embedding model such as all-minilm-l6-v2."),
+                Some("model"),
+            ));
+        }
+        Err(ApiError::model_not_found(name))
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub host: String,
     pub port: u16,
+    /// `NAME=PATH`, a catalog alias, or a path (.gguf file; folder for embedding models).
     pub models: Vec<String>,
     /// Scheduling limits; `num_blocks` is derived per model from `kv_cache_bytes`.
     pub engine: EngineConfig,
-    pub kv_cache_bytes: usize,
+    /// KV cache memory per model; `None`: a quarter of the memory available at start.
+    pub kv_cache_bytes: Option<usize>,
+    pub api_keys: Vec<String>,
+    pub request_timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout: Duration,
 }
 
-/// Loads the models, starts their engines and serves until SIGINT/SIGTERM.
-pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    let mut models = BTreeMap::new();
-    for name in &cfg.models {
-        let loaded = Arc::new(loader::load(name).with_context(|| format!("loading model {name}"))?);
-        let c = &loaded.model.config;
-        let mut ecfg = cfg.engine.clone();
-        let per_block = c.kv_shape(ecfg.block_size, 1).bytes_per_block();
-        // The memory budget, but never more blocks than the context needs for every sequence at once.
-        let cap = (c.context_len * ecfg.max_num_seqs).div_ceil(ecfg.block_size);
-        ecfg.num_blocks = (cfg.kv_cache_bytes / per_block).clamp(1, cap.max(1));
-        tracing::info!(model = %loaded.name, blocks = ecfg.num_blocks, block_size = ecfg.block_size, "KV cache");
-        let engine = EngineHandle::spawn(loaded.clone(), ecfg, Default::default())
-            .context("starting the engine thread")?;
-        models.insert(loaded.name.clone(), ServedModel { loaded, engine });
+/// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The default KV budget per model: a quarter of the available memory shared by the models, at least
+/// 256 MiB, at most 16 GiB.
+pub fn default_kv_cache_bytes(num_models: usize) -> usize {
+    let avail = available_memory().unwrap_or(4 << 30);
+    (avail / 4 / num_models.max(1)).clamp(256 << 20, 16 << 30)
+}
+
+enum Loaded {
+    Generative(Box<LoadedModel>),
+    Embedding(Box<Embedder>),
+}
+
+/// Loads one `--model` argument: `NAME=PATH` renames; embedding models are catalog entries with
+/// task `embeddings`, or folders / safetensors files.
+fn load_one(arg: &str) -> anyhow::Result<Loaded> {
+    let (name, target) = match arg.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => (Some(n.to_string()), p),
+        _ => (None, arg),
+    };
+    let entry = crate::catalog::find(target);
+    let is_embedding = match entry {
+        Some(e) => e.task.as_deref() == Some("embeddings"),
+        None => {
+            let p = Path::new(target);
+            p.is_dir() || p.extension().is_some_and(|x| x == "safetensors")
+        }
+    };
+    if is_embedding {
+        let e = match (entry, &name) {
+            (None, Some(n)) => {
+                let p = Path::new(target);
+                let dir = if p.is_dir() {
+                    p
+                } else {
+                    p.parent().unwrap_or(p)
+                };
+                Embedder::from_dir(dir, n)
+            }
+            _ => Embedder::load(target),
+        }
+        .with_context(|| format!("loading embedding model {target}"))?;
+        if let Some(n) = name {
+            if entry.is_some() {
+                anyhow::bail!("`{n}={target}`: rename catalog embedding models by path, not alias");
+            }
+        }
+        return Ok(Loaded::Embedding(Box::new(e)));
     }
-    let state = Arc::new(AppState { models });
-    let app = routes::router(state);
+    let mut m = loader::load(target).with_context(|| format!("loading model {target}"))?;
+    if let Some(n) = name {
+        m.name = n;
+    }
+    Ok(Loaded::Generative(Box::new(m)))
+}
+
+fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
+    let mut models = Models::default();
+    let kv_bytes = cfg
+        .kv_cache_bytes
+        .unwrap_or_else(|| default_kv_cache_bytes(cfg.models.len()));
+    for arg in &cfg.models {
+        match load_one(arg)? {
+            Loaded::Embedding(e) => {
+                let name = e.name().to_string();
+                if models.embedders.contains_key(&name) || models.generative.contains_key(&name) {
+                    anyhow::bail!("two models are named `{name}`; rename one with NAME=PATH");
+                }
+                tracing::info!(model = %name, dims = e.dimensions(), "embedding model ready");
+                models.embedders.insert(
+                    name,
+                    ServedEmbedder {
+                        embedder: Arc::from(e),
+                        gate: tokio::sync::Semaphore::new(1),
+                    },
+                );
+            }
+            Loaded::Generative(m) => {
+                let name = m.name.clone();
+                if models.embedders.contains_key(&name) || models.generative.contains_key(&name) {
+                    anyhow::bail!("two models are named `{name}`; rename one with NAME=PATH");
+                }
+                let loaded: Arc<LoadedModel> = Arc::from(m);
+                let c = &loaded.model.config;
+                let mut ecfg = cfg.engine.clone();
+                let per_block = c.kv_shape(ecfg.block_size, 1).bytes_per_block();
+                // The memory budget, but never more blocks than every sequence at full context needs.
+                let cap = (c.context_len * ecfg.max_num_seqs).div_ceil(ecfg.block_size);
+                ecfg.num_blocks = (kv_bytes / per_block).clamp(1, cap.max(1));
+                tracing::info!(
+                    model = %name,
+                    blocks = ecfg.num_blocks,
+                    block_size = ecfg.block_size,
+                    mib = (ecfg.num_blocks * per_block) >> 20,
+                    "KV cache"
+                );
+                let engine = EngineHandle::spawn(
+                    loaded.clone(),
+                    ecfg,
+                    state.engine_metrics.for_model(&name),
+                )
+                .context("starting the engine thread")?;
+                models
+                    .generative
+                    .insert(name, ServedModel { loaded, engine });
+            }
+        }
+    }
+    Ok(models)
+}
+
+/// Binds, loads the models, serves until SIGINT/SIGTERM (then drains up to the grace period).
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let state = Arc::new(AppState::new(
+        cfg.api_keys.clone(),
+        cfg.request_timeout,
+        cfg.max_body_bytes,
+    ));
+    let app = routes::router(state.clone(), cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
+    tracing::info!(%addr, "bound; loading models");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful_rx = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Load on a blocking thread while /health already answers.
+    let loader_state = state.clone();
+    let load_cfg = cfg.clone();
+    let models = tokio::task::spawn_blocking(move || load_all(&load_cfg, &loader_state))
+        .await
+        .context("the model loader failed")??;
+    if state.models.set(models).is_err() {
+        anyhow::bail!("models were loaded twice");
+    }
     eprintln!("inhaus: listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let mut grace_rx = stop_rx.clone();
+    let grace = cfg.shutdown_timeout;
+    tokio::select! {
+        r = server => { r.context("the server task failed")??; }
+        _ = async move {
+            let _ = grace_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            eprintln!("inhaus: requests still running after {} s; exiting", grace.as_secs());
+        }
+    }
     Ok(())
 }
 
@@ -79,5 +325,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("inhaus: shutting down");
+    eprintln!("inhaus: shutting down (no new connections; finishing running requests)");
 }

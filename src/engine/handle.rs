@@ -13,11 +13,13 @@ use thiserror::Error;
 
 enum Command {
     Add(
-        GenerationRequest,
+        Box<GenerationRequest>,
         Sender<SeqEvent>,
         CancelHandle,
         Sender<Result<SeqId, AdmissionError>>,
     ),
+    /// End every request (with an error) and stop.
+    Shutdown,
 }
 
 /// A submitted request: its events (every choice's tokens, then its end) and a way to cancel
@@ -71,7 +73,7 @@ impl EngineHandle {
         let (ev_tx, ev_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::channel();
         let cancel = CancelHandle::new(req.n);
-        tx.send(Command::Add(req, ev_tx, cancel.clone(), reply_tx))
+        tx.send(Command::Add(Box::new(req), ev_tx, cancel.clone(), reply_tx))
             .map_err(|_| SubmitError::Stopped)?;
         let id = reply_rx.recv().map_err(|_| SubmitError::Stopped)??;
         Ok(RequestStream {
@@ -84,8 +86,10 @@ impl EngineHandle {
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        // Closing the channel ends the thread once its running requests are done.
-        self.tx.take();
+        // Whoever could still read results is gone with the handle: end what runs, then join.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Command::Shutdown);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -118,7 +122,11 @@ fn run(model: &LoadedModel, cfg: EngineConfig, metrics: EngineMetrics, rx: Recei
             };
             match cmd {
                 Command::Add(req, events, cancel, reply) => {
-                    let _ = reply.send(engine.add_request(req, events, cancel));
+                    let _ = reply.send(engine.add_request(*req, events, cancel));
+                }
+                Command::Shutdown => {
+                    engine.abort_all();
+                    return;
                 }
             }
         }

@@ -54,6 +54,38 @@ pub struct ModelTokenizer {
     pub vocab_size: usize,
     /// Token text by id (as stored in the file), e.g. for chat template variables.
     pub tokens: Vec<String>,
+    pub kind: TokenizerKind,
+    /// Control and user-defined tokens: their text is literal, not encoded bytes.
+    literal: Vec<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// SentencePiece (`▁` for spaces, `<0xNN>` byte fallback).
+    SentencePiece,
+    /// GPT-2 style byte-level BPE (bytes mapped to printable characters).
+    ByteLevelBpe,
+}
+
+/// The byte a GPT-2 byte-level character stands for (the inverse of its bytes-to-unicode table).
+fn byte_level_char_to_byte(c: char) -> Option<u8> {
+    let c = c as u32;
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    if c < 256 && printable(c) {
+        return Some(c as u8);
+    }
+    // The other bytes, in order, are mapped to 256, 257, ...
+    let mut next = 256;
+    for b in 0u32..256 {
+        if !printable(b) {
+            if next == c {
+                return Some(b as u8);
+            }
+            next += 1;
+        }
+    }
+    None
 }
 
 /// Token texts llama.cpp treats as end-of-generation, and as control tokens even where the file
@@ -151,15 +183,15 @@ impl ModelTokenizer {
             Ok(t) => t.into_iter().map(|x| x as i32).collect(),
             Err(_) => vec![TYPE_NORMAL; tokens.len()],
         };
-        let mut stop_ids: Vec<u32> = Vec::new();
+        let mut eog_ids: Vec<u32> = Vec::new();
         for (i, t) in tokens.iter().enumerate() {
             if EOG_TEXTS.contains(&t.as_str()) {
                 if let Some(ty) = types.get_mut(i) {
                     *ty = TYPE_CONTROL;
                 }
-                stop_ids.push(i as u32);
+                eog_ids.push(i as u32);
             } else if FIM_EOG_TEXTS.contains(&t.as_str()) && types.get(i) == Some(&TYPE_CONTROL) {
-                stop_ids.push(i as u32);
+                eog_ids.push(i as u32);
             }
         }
         if types.len() != tokens.len() {
@@ -167,9 +199,17 @@ impl ModelTokenizer {
         }
         let bos_id = opt_id(file, "tokenizer.ggml.bos_token_id");
         let eos_id = opt_id(file, "tokenizer.ggml.eos_token_id");
-        let (mut tokenizer, default_add_bos) = match model {
-            "llama" => (build_spm(file, &tokens, &types)?, true),
-            "gpt2" => (build_bpe(file, &tokens, &types)?, false),
+        let (mut tokenizer, default_add_bos, kind) = match model {
+            "llama" => (
+                build_spm(file, &tokens, &types)?,
+                true,
+                TokenizerKind::SentencePiece,
+            ),
+            "gpt2" => (
+                build_bpe(file, &tokens, &types)?,
+                false,
+                TokenizerKind::ByteLevelBpe,
+            ),
             other => return Err(TokenizerError::Unsupported(other.into())),
         };
         let add_bos = file
@@ -226,7 +266,18 @@ impl ModelTokenizer {
                 }
             }
         }
+        for id in eog_ids {
+            if !stop_ids.contains(&id) {
+                stop_ids.push(id);
+            }
+        }
+        let literal = types
+            .iter()
+            .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+            .collect();
         Ok(Self {
+            kind,
+            literal,
             tokenizer,
             bos_id,
             eos_id,
@@ -254,6 +305,40 @@ impl ModelTokenizer {
 
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(|s| s.as_str())
+    }
+
+    /// The raw bytes token `id` stands for (a token may be part of a UTF-8 character); the
+    /// literal text for control tokens. Empty for an unknown id.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(text) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
+        if self.literal.get(id as usize).copied().unwrap_or(false) {
+            return text.as_bytes().to_vec();
+        }
+        match self.kind {
+            TokenizerKind::ByteLevelBpe => {
+                let mut out = Vec::with_capacity(text.len());
+                for c in text.chars() {
+                    match byte_level_char_to_byte(c) {
+                        Some(b) => out.push(b),
+                        None => out.extend_from_slice(c.to_string().as_bytes()),
+                    }
+                }
+                out
+            }
+            TokenizerKind::SentencePiece => {
+                let hex = text
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => vec![b],
+                    None => text.replace('\u{2581}', " ").into_bytes(),
+                }
+            }
+        }
     }
 }
 

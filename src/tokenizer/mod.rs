@@ -4,4 +4,4 @@ pub mod detokenizer;
 pub mod gguf_tokenizer;
 
 pub use detokenizer::IncrementalDecoder;
-pub use gguf_tokenizer::{ModelTokenizer, TokenizerError};
+pub use gguf_tokenizer::{ModelTokenizer, TokenizerError, TokenizerKind};

@@ -1,0 +1,534 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: validate, submit one engine request per
+//! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
+//! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
+//! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
+use super::errors::ApiError;
+use super::params::{self, ChatBody, CompletionBody, GenSpec};
+use super::pump::{pump, Piece, TokenLogprob};
+use super::AppState;
+use crate::engine::handle::SubmitError;
+use crate::engine::scheduler::{AdmissionError, CancelHandle};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+type Shared = Arc<AppState>;
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{prefix}-{:x}{:06x}",
+        now(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A body that failed to parse: 413 past the size limit, else 400 (never axum's plain-text 422).
+pub fn json_error(rej: JsonRejection, limit: usize) -> ApiError {
+    if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::payload_too_large(limit);
+    }
+    ApiError::invalid(format!("Invalid request body: {}", rej.body_text()), None)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+pub async fn chat_completions(
+    State(state): State<Shared>,
+    body: Result<Json<ChatBody>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
+    };
+    let served = match state.generative(&body.common.model) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let logprobs = match (body.logprobs, body.top_logprobs) {
+        (Some(true), k) => match k.unwrap_or(0) {
+            k @ 0..=20 => Some(k as usize),
+            k => {
+                return ApiError::invalid(
+                    format!("top_logprobs must be between 0 and 20; got {k}."),
+                    Some("top_logprobs"),
+                )
+                .into_response()
+            }
+        },
+        (_, Some(k)) if k > 0 => {
+            return ApiError::invalid(
+                "top_logprobs needs logprobs set to true.",
+                Some("top_logprobs"),
+            )
+            .into_response()
+        }
+        _ => None,
+    };
+    if let Some(t) = body
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
+        if t != "text" {
+            return ApiError::unsupported(
+                format!("response_format `{t}` is not supported yet; only `text`."),
+                "response_format",
+            )
+            .into_response();
+        }
+    }
+    let spec = match params::validate(&body.common, served, logprobs) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let prompt = match params::chat_prompt(served, &body.messages, true) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    run(
+        state.clone(),
+        body.common.model,
+        spec,
+        vec![prompt],
+        Kind::Chat,
+    )
+    .await
+}
+
+pub async fn completions(
+    State(state): State<Shared>,
+    body: Result<Json<CompletionBody>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
+    };
+    let served = match state.generative(&body.common.model) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    if body.echo == Some(true) {
+        return ApiError::unsupported("echo is not supported.", "echo").into_response();
+    }
+    if body.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return ApiError::unsupported("suffix is not supported.", "suffix").into_response();
+    }
+    if let Some(b) = body.best_of {
+        if b != body.common.n_or_one() {
+            return ApiError::unsupported("best_of other than n is not supported.", "best_of")
+                .into_response();
+        }
+    }
+    let logprobs = match body.logprobs {
+        None => None,
+        Some(k @ 0..=20) => Some(k as usize),
+        Some(k) => {
+            return ApiError::invalid(
+                format!("logprobs must be between 0 and 20; got {k}."),
+                Some("logprobs"),
+            )
+            .into_response()
+        }
+    };
+    let spec = match params::validate(&body.common, served, logprobs) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let prompts = match params::completion_prompts(served, &body.prompt) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    run(
+        state.clone(),
+        body.common.model,
+        spec,
+        prompts,
+        Kind::Completion,
+    )
+    .await
+}
+
+/// Cancels every submitted request when dropped (the handler or stream task went away).
+struct CancelGuard(Vec<CancelHandle>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            c.cancel_all();
+        }
+    }
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Refused(AdmissionError::QueueFull) => ApiError::overloaded(),
+        SubmitError::Refused(e @ AdmissionError::TooLong { .. }) => {
+            ApiError::context_too_long(e.to_string())
+        }
+        SubmitError::Refused(e @ AdmissionError::BadChoiceCount { .. }) => {
+            ApiError::invalid(e.to_string(), Some("n"))
+        }
+        SubmitError::Refused(e) => ApiError::invalid(e.to_string(), Some("prompt")),
+        SubmitError::Stopped => ApiError::internal("the engine has stopped"),
+    }
+}
+
+struct ChoiceOut {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<&'static str>,
+    tokens: usize,
+}
+
+async fn run(
+    state: Shared,
+    model: String,
+    spec: GenSpec,
+    prompts: Vec<Vec<u32>>,
+    kind: Kind,
+) -> Response {
+    let served = match state.generative(&model) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let mut requests = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        match spec.request(served, p.clone()) {
+            Ok(r) => requests.push(r),
+            Err(e) => return e.into_response(),
+        }
+    }
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
+    let submitted = {
+        let state = state.clone();
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let served = state.generative(&model).map_err(|_| SubmitError::Stopped)?;
+            let mut streams = Vec::with_capacity(requests.len());
+            for r in requests {
+                streams.push(served.engine.submit(r)?);
+            }
+            Ok::<_, SubmitError>(streams)
+        })
+        .await
+    };
+    let streams = match submitted.unwrap_or(Err(SubmitError::Stopped)) {
+        Ok(s) => s,
+        Err(e) => return submit_error(e).into_response(),
+    };
+    let n = spec.n;
+    let total = n * streams.len();
+    let guard = CancelGuard(streams.iter().map(|s| s.cancel.clone()).collect());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(256);
+    let deadline = state
+        .request_timeout
+        .map(|d| (Instant::now() + d, d.as_secs()));
+    for (p, stream) in streams.into_iter().enumerate() {
+        let loaded = served.loaded.clone();
+        let stops = spec.stops.clone();
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || pump(loaded, stream, n, p * n, stops, deadline, tx));
+    }
+    drop(tx);
+    let meta = Meta {
+        id: new_id(if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        created: now(),
+        model,
+        kind,
+        prompt_tokens,
+    };
+    if spec.stream {
+        stream_response(meta, total, spec.include_usage, rx, guard)
+    } else {
+        collect_response(meta, total, rx, guard).await
+    }
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+    prompt_tokens: usize,
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Chat `logprobs` object (`content` entries with alternatives).
+fn chat_logprobs(entries: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": e.top.iter().map(|(t, b, l)| json!({"token": t, "logprob": l, "bytes": b})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+/// Legacy completions `logprobs` object; `offset` is the text length before these tokens.
+fn completion_logprobs(entries: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut text_offset = Vec::with_capacity(entries.len());
+    for e in entries {
+        text_offset.push(offset);
+        offset += e.token.chars().count();
+    }
+    json!({
+        "tokens": entries.iter().map(|e| e.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+        "top_logprobs": entries.iter().map(|e| {
+            let m: serde_json::Map<String, Value> = e.top.iter().map(|(t, _, l)| (t.clone(), json!(l))).collect();
+            Value::Object(m)
+        }).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+async fn collect_response(
+    meta: Meta,
+    total: usize,
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+    guard: CancelGuard,
+) -> Response {
+    let mut outs: Vec<ChoiceOut> = (0..total)
+        .map(|_| ChoiceOut {
+            text: String::new(),
+            logprobs: Vec::new(),
+            finish: None,
+            tokens: 0,
+        })
+        .collect();
+    let mut want_logprobs = false;
+    let mut ended = 0;
+    while ended < total {
+        let Some(piece) = rx.recv().await else {
+            return ApiError::internal("the generation ended without a result").into_response();
+        };
+        match piece {
+            Piece::Delta {
+                index,
+                text,
+                logprobs,
+            } => {
+                let o = &mut outs[index];
+                o.text.push_str(&text);
+                want_logprobs |= !logprobs.is_empty();
+                o.logprobs.extend(logprobs);
+            }
+            Piece::End {
+                index,
+                text,
+                logprobs,
+                reason,
+                completion_tokens,
+            } => {
+                let o = &mut outs[index];
+                o.text.push_str(&text);
+                want_logprobs |= !logprobs.is_empty();
+                o.logprobs.extend(logprobs);
+                o.finish = Some(reason);
+                o.tokens = completion_tokens;
+                ended += 1;
+            }
+            Piece::Failed(e) => return e.into_response(),
+        }
+    }
+    drop(guard);
+    let completion_tokens: usize = outs.iter().map(|o| o.tokens).sum();
+    let choices: Vec<Value> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match meta.kind {
+            Kind::Chat => json!({
+                "index": i,
+                "message": { "role": "assistant", "content": o.text, "refusal": null },
+                "logprobs": if want_logprobs { chat_logprobs(&o.logprobs) } else { Value::Null },
+                "finish_reason": o.finish,
+            }),
+            Kind::Completion => json!({
+                "index": i,
+                "text": o.text,
+                "logprobs": if want_logprobs { completion_logprobs(&o.logprobs, 0) } else { Value::Null },
+                "finish_reason": o.finish,
+            }),
+        })
+        .collect();
+    let object = match meta.kind {
+        Kind::Chat => "chat.completion",
+        Kind::Completion => "text_completion",
+    };
+    Json(json!({
+        "id": meta.id,
+        "object": object,
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": null,
+        "choices": choices,
+        "usage": usage(meta.prompt_tokens, completion_tokens),
+    }))
+    .into_response()
+}
+
+fn stream_response(
+    meta: Meta,
+    total: usize,
+    include_usage: bool,
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+    guard: CancelGuard,
+) -> Response {
+    let (sse_tx, sse_rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    let object = match meta.kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Completion => "text_completion",
+    };
+    let chunk = move |choices: Value, usage_value: Option<Value>| -> Value {
+        let mut v = json!({
+            "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
+            "system_fingerprint": null, "choices": choices,
+        });
+        if include_usage {
+            v["usage"] = usage_value.unwrap_or(Value::Null);
+        }
+        v
+    };
+    let kind = meta.kind;
+    let prompt_tokens = meta.prompt_tokens;
+    let choice = move |index: usize,
+                       text: Option<&str>,
+                       lp: &[TokenLogprob],
+                       offset: usize,
+                       finish: Option<&str>|
+          -> Value {
+        let logprobs = if lp.is_empty() {
+            Value::Null
+        } else if kind == Kind::Chat {
+            chat_logprobs(lp)
+        } else {
+            completion_logprobs(lp, offset)
+        };
+        match kind {
+            Kind::Chat => {
+                let delta = match text {
+                    Some(t) => json!({ "content": t }),
+                    None => json!({}),
+                };
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
+            }
+            Kind::Completion => {
+                json!({ "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish })
+            }
+        }
+    };
+    tokio::spawn(async move {
+        let _guard = guard;
+        let send = |v: Value| {
+            let tx = sse_tx.clone();
+            async move {
+                tx.send(Ok(Event::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
+        };
+        if kind == Kind::Chat {
+            for i in 0..total {
+                let first = json!({ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
+                if !send(chunk(json!([first]), None)).await {
+                    return;
+                }
+            }
+        }
+        let mut offsets = vec![0usize; total];
+        let mut completion_tokens = 0;
+        let mut ended = 0;
+        while ended < total {
+            let piece = tokio::select! {
+                p = rx.recv() => p,
+                _ = sse_tx.closed() => return, // the client went away: the guard cancels the rest
+            };
+            let Some(piece) = piece else { break };
+            match piece {
+                Piece::Delta {
+                    index,
+                    text,
+                    logprobs,
+                } => {
+                    let c = choice(index, Some(&text), &logprobs, offsets[index], None);
+                    offsets[index] += text.chars().count();
+                    if !send(chunk(json!([c]), None)).await {
+                        return;
+                    }
+                }
+                Piece::End {
+                    index,
+                    text,
+                    logprobs,
+                    reason,
+                    completion_tokens: n,
+                } => {
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        let c = choice(index, Some(&text), &logprobs, offsets[index], None);
+                        if !send(chunk(json!([c]), None)).await {
+                            return;
+                        }
+                    }
+                    let c = choice(index, None, &[], 0, Some(reason));
+                    if !send(chunk(json!([c]), None)).await {
+                        return;
+                    }
+                    completion_tokens += n;
+                    ended += 1;
+                }
+                Piece::Failed(e) => {
+                    let _ = send(e.body()).await;
+                    break;
+                }
+            }
+        }
+        if ended == total && include_usage {
+            let u = usage(prompt_tokens, completion_tokens);
+            if !send(chunk(json!([]), Some(u))).await {
+                return;
+            }
+        }
+        let _ = sse_tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(sse_rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

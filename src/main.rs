@@ -1,6 +1,7 @@
 //! The `inhaus` command line: parses arguments and dispatches; the work lives in the library.
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use inhaus::chat_template::ChatMessage;
 use inhaus::engine::generate::{generate, GenerateOptions};
 use inhaus::engine::sampler::SamplingParams;
@@ -73,6 +74,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the flags, with underscores); flags and
+    /// INHAUS_* variables override it.
+    #[arg(long, env = "INHAUS_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[arg(long, env = "INHAUS_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "INHAUS_PORT", default_value_t = 8080)]
@@ -113,6 +118,79 @@ struct ServeArgs {
     /// After SIGTERM/SIGINT, how long running requests may take to finish.
     #[arg(long, env = "INHAUS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
+}
+
+/// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    host: Option<String>,
+    port: Option<u16>,
+    models: Option<Vec<String>>,
+    kv_cache_memory: Option<String>,
+    max_num_seqs: Option<usize>,
+    max_num_batched_tokens: Option<usize>,
+    max_waiting: Option<usize>,
+    api_keys: Option<Vec<String>>,
+    api_key_file: Option<std::path::PathBuf>,
+    request_timeout_secs: Option<u64>,
+    max_body: Option<String>,
+    shutdown_timeout_secs: Option<u64>,
+}
+
+/// Fills the settings that neither a flag nor an environment variable gave from the config file.
+fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
+    let Some(path) = &args.config else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the config file {}: {e}", path.display()))?;
+    let f: ServeFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let unset = |id: &str| {
+        !matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let size = |v: &str| parse_size(v).map_err(|e| anyhow::anyhow!("config file: {e}"));
+    if let (Some(v), true) = (f.host, unset("host")) {
+        args.host = v;
+    }
+    if let (Some(v), true) = (f.port, unset("port")) {
+        args.port = v;
+    }
+    if let (Some(v), true) = (f.models, unset("models")) {
+        args.models = v;
+    }
+    if let (Some(v), true) = (f.kv_cache_memory, unset("kv_cache_memory")) {
+        args.kv_cache_memory = Some(size(&v)?);
+    }
+    if let (Some(v), true) = (f.max_num_seqs, unset("max_num_seqs")) {
+        args.max_num_seqs = v;
+    }
+    if let (Some(v), true) = (f.max_num_batched_tokens, unset("max_num_batched_tokens")) {
+        args.max_num_batched_tokens = v;
+    }
+    if let (Some(v), true) = (f.max_waiting, unset("max_waiting")) {
+        args.max_waiting = v;
+    }
+    if let (Some(v), true) = (f.api_keys, unset("api_keys")) {
+        args.api_keys = v;
+    }
+    if let (Some(v), true) = (f.api_key_file, unset("api_key_file")) {
+        args.api_key_file = Some(v);
+    }
+    if let (Some(v), true) = (f.request_timeout_secs, unset("request_timeout_secs")) {
+        args.request_timeout_secs = v;
+    }
+    if let (Some(v), true) = (f.max_body, unset("max_body")) {
+        args.max_body = size(&v)?;
+    }
+    if let (Some(v), true) = (f.shutdown_timeout_secs, unset("shutdown_timeout_secs")) {
+        args.shutdown_timeout_secs = v;
+    }
+    Ok(())
 }
 
 /// Parses sizes like `2GiB`, `512MiB`, `64KiB`, `1G`, `100M` or plain bytes.
@@ -182,10 +260,17 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let threads = init_threads(cli.threads)?;
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(mut args) => {
+            if let Some(m) = matches.subcommand_matches("serve") {
+                apply_config_file(&mut args, m)?;
+            }
             let models = if args.models.is_empty() {
                 inhaus::catalog::default_serve_aliases()
             } else {

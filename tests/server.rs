@@ -24,17 +24,15 @@ impl Drop for Server {
 
 /// Starts a server for one test; it is killed when the guard drops (also when the test panics).
 fn server() -> Server {
+    server_with(&["--model", ALIAS, "--kv-cache-memory", "64MiB"])
+}
+
+fn server_with(args: &[&str]) -> Server {
     ensure_model(ALIAS);
     let mut child = Command::new(env!("CARGO_BIN_EXE_inhaus"))
-        .args([
-            "serve",
-            "--model",
-            ALIAS,
-            "--port",
-            "0",
-            "--kv-cache-mib",
-            "64",
-        ])
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .env_remove("INHAUS_API_KEYS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -129,7 +127,9 @@ fn sse_events(body: &str) -> Vec<String> {
 fn health_and_models() {
     let srv = server();
     let (status, _, body) = http(&srv, "GET", "/health", None);
-    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, _, body) = http(&srv, "GET", "/ready", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
     let (status, _, body) = http(&srv, "GET", "/v1/models", None);
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON");
@@ -300,4 +300,72 @@ fn bad_input_gets_openai_errors() {
         &serde_json::from_str(&body).expect("JSON error"),
         404,
     );
+}
+
+#[test]
+fn config_file_sets_keys_and_limits_and_flags_override_it() {
+    let dir = std::env::temp_dir().join(format!("inhaus-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let keys = dir.join("keys.txt");
+    std::fs::write(&keys, "# team keys\nsk-file-key\n\n").expect("write keys");
+    let cfg = dir.join("inhaus.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "models = [\"{ALIAS}\"]\nkv_cache_memory = \"64MiB\"\nmax_body = \"2KiB\"\nmax_num_seqs = 4\napi_key_file = \"{}\"\nport = 1\n",
+            keys.display()
+        ),
+    )
+    .expect("write config");
+    // `--port 0` on the command line overrides the file's port 1.
+    let srv = server_with(&["--config", cfg.to_str().expect("utf-8 path")]);
+    let get = |auth: Option<&str>| {
+        let mut s = TcpStream::connect(&srv.addr).expect("connect");
+        let auth = auth
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    };
+    assert!(
+        get(None).starts_with("HTTP/1.1 401"),
+        "no key: {}",
+        get(None)
+    );
+    assert!(get(Some("sk-wrong")).starts_with("HTTP/1.1 401"));
+    assert!(get(Some("sk-file-key")).starts_with("HTTP/1.1 200"));
+    let (status, _, body) = http(&srv, "GET", "/health", None);
+    assert_eq!(status, 200, "health stays public: {body}");
+    // The 2 KiB body limit from the file: a bigger body is a 413 error object.
+    let big = json!({ "model": ALIAS, "prompt": "a".repeat(4096) }).to_string();
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-file-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        big.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("\"error\""), "an OpenAI error object: {out}");
+    // n above max_num_seqs (4, from the file) is refused up front.
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    let body = json!({ "model": ALIAS, "prompt": "x", "n": 5, "max_tokens": 1 }).to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-file-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

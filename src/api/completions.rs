@@ -398,7 +398,6 @@ async fn collect_response(
         "object": object,
         "created": meta.created,
         "model": meta.model,
-        "system_fingerprint": null,
         "choices": choices,
         "usage": usage(meta.prompt_tokens, completion_tokens),
     }))
@@ -418,12 +417,13 @@ fn stream_response(
         Kind::Completion => "text_completion",
     };
     let chunk = move |choices: Value, usage_value: Option<Value>| -> Value {
+        // `usage` only on the final chunk (the spec's chunk schema has no null usage).
         let mut v = json!({
             "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
-            "system_fingerprint": null, "choices": choices,
+            "choices": choices,
         });
-        if include_usage {
-            v["usage"] = usage_value.unwrap_or(Value::Null);
+        if let Some(u) = usage_value {
+            v["usage"] = u;
         }
         v
     };

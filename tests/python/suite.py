@@ -7,7 +7,7 @@ Environment:
                             listed are skipped
   INHAUS_TEST_CHAT_MODEL    the chat model the tests use (default smollm2-135m-instruct)
   INHAUS_TEST_EMBED_MODEL   the embedding model the tests use (default all-minilm-l6-v2)
-  INHAUS_TEST_SERVER_ARGS   more `inhaus serve` arguments (default "--kv-cache-mib 64")
+  INHAUS_TEST_SERVER_ARGS   more `inhaus serve` arguments (default "--kv-cache-memory 64MiB")
   INHAUS_TEST_START_TIMEOUT seconds to wait for the listening line (default 120)
 """
 
@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -30,7 +31,7 @@ BIN = os.environ.get("INHAUS_BIN") or str(Path.home() / ".cache/inhaus/target/re
 CHAT_MODEL = os.environ.get("INHAUS_TEST_CHAT_MODEL") or "smollm2-135m-instruct"
 EMBED_MODEL = os.environ.get("INHAUS_TEST_EMBED_MODEL") or "all-minilm-l6-v2"
 MODELS = _list(os.environ.get("INHAUS_TEST_MODELS") or f"{CHAT_MODEL},{EMBED_MODEL}")
-SERVER_ARGS = shlex.split(os.environ.get("INHAUS_TEST_SERVER_ARGS", "--kv-cache-mib 64"))
+SERVER_ARGS = shlex.split(os.environ.get("INHAUS_TEST_SERVER_ARGS", "--kv-cache-memory 64MiB"))
 START_TIMEOUT_S = float(os.environ.get("INHAUS_TEST_START_TIMEOUT") or 120)
 API_KEY = "sk-test"
 
@@ -39,6 +40,18 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 class ServerError(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, have the kernel stop the server (SIGTERM) when the test
+    process dies, so a killed test run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Server:
@@ -89,6 +102,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_BACKTRACE": "0"},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         threading.Thread(target=self._drain, name=f"{self.name}-log", daemon=True).start()
         if not self._ready.wait(START_TIMEOUT_S) or not self.url:

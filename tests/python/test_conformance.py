@@ -486,7 +486,7 @@ def test_metrics(base_url, v1, chat_model):
     assert_error(post(v1 + "/completions", completion_body(model="no-such-model")), 404)
     r = get(base_url + "/metrics")
     assert r.status == 200, str(r)
-    assert r.content_type.startswith("text/plain"), r.content_type
+    assert r.content_type.startswith(("text/plain", "application/openmetrics-text")), r.content_type
     samples = parse_prometheus(r.text)
     names = {s[0] for s in samples}
     for want in (

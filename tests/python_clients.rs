@@ -22,7 +22,11 @@ fn suite_models() -> Vec<String> {
 
 #[test]
 fn python_clients_pass() {
-    for alias in suite_models() {
+    // The suite's models, and the default ones the README's examples use.
+    for alias in suite_models()
+        .into_iter()
+        .chain(inhaus::catalog::default_serve_aliases())
+    {
         if inhaus::catalog::find(&alias).is_some() {
             ensure_model(&alias);
         }

@@ -7,5 +7,6 @@ pub mod catalog;
 pub mod chat_template;
 pub mod embeddings;
 pub mod engine;
+pub mod fetch;
 pub mod loader;
 pub mod tokenizer;

@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Serve models over the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Fetch catalog models into the model folder ($INHAUS_MODELS): the default ones, named
+    /// aliases, or `all`; checks sha256; does nothing for models already there.
+    Fetch { aliases: Vec<String> },
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
         /// Catalog alias or path to a .gguf file.
@@ -257,7 +260,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,inhaus::fetch=info".into()),
         )
         .init();
     let matches = Cli::command().get_matches();
@@ -267,6 +270,35 @@ fn main() -> Result<()> {
     };
     let threads = init_threads(cli.threads)?;
     match cli.command {
+        Command::Fetch { aliases } => {
+            let entries: Vec<&inhaus::catalog::CatalogEntry> = match aliases.as_slice() {
+                [] => inhaus::catalog::entries()
+                    .iter()
+                    .filter(|e| e.default)
+                    .collect(),
+                [all] if all == "all" => inhaus::catalog::entries().iter().collect(),
+                names => {
+                    let mut v = Vec::new();
+                    for n in names {
+                        match inhaus::catalog::find(n) {
+                            Some(e) => v.push(e),
+                            None => bail!(
+                                "unknown model alias `{n}`; known: {}",
+                                inhaus::catalog::entries()
+                                    .iter()
+                                    .map(|e| e.alias.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }
+                    }
+                    v
+                }
+            };
+            for path in inhaus::fetch::ensure_all(&entries)? {
+                println!("{}", path.display());
+            }
+        }
         Command::Serve(mut args) => {
             if let Some(m) = matches.subcommand_matches("serve") {
                 apply_config_file(&mut args, m)?;

@@ -169,6 +169,10 @@ fn load_one(arg: &str) -> anyhow::Result<Loaded> {
         _ => (None, arg),
     };
     let entry = crate::catalog::find(target);
+    if let Some(e) = entry {
+        // A catalog model that is not here yet is fetched first (a verified one returns at once).
+        crate::fetch::ensure(e).with_context(|| format!("fetching model {target}"))?;
+    }
     let is_embedding = match entry {
         Some(e) => e.task.as_deref() == Some("embeddings"),
         None => {

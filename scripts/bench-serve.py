@@ -313,7 +313,8 @@ def make_prompt(i, words):
 
 async def count_tokens(host, port, text, timeout):
     try:
-        st, obj = await http_json(host, port, "POST", "/tokenize", {"content": text, "add_special": True}, timeout)
+        st, obj = await http_json(host, port, "POST", "/tokenize", {"content": text, "add_special": True,  # llama-server
+                                                                        "prompt": text, "add_special_tokens": True}, timeout)
     except (OSError, HttpError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return None
     if st == 200 and isinstance(obj, dict) and isinstance(obj.get("tokens"), list):
@@ -429,7 +430,10 @@ async def wait_healthy(server, timeout):
             raise RuntimeError(f"{server.name} exited with code {server.proc.returncode} before becoming healthy "
                                f"(log {server.log_path}):\n{server.log_tail()}")
         try:
-            st, body = await http_json("127.0.0.1", server.port, "GET", "/health", None, 5)
+            # /ready (inhaus: 503 while models load), else /health (llama-server: 503 while loading).
+            st, body = await http_json("127.0.0.1", server.port, "GET", "/ready", None, 5)
+            if st == 404:
+                st, body = await http_json("127.0.0.1", server.port, "GET", "/health", None, 5)
             if st == 200:
                 return time.monotonic() - t0
             last = f"HTTP {st}"

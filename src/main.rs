@@ -95,8 +95,9 @@ struct ServeArgs {
     /// Sequences in the running batch at most.
     #[arg(long, env = "INHAUS_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
-    /// Tokens computed per step at most (prefill chunks + decodes).
-    #[arg(long, env = "INHAUS_MAX_NUM_BATCHED_TOKENS", default_value_t = 512)]
+    /// Tokens computed per step at most (prefill chunks + decodes): smaller bounds the other
+    /// streams' inter-token latency while a long prompt is prefilled.
+    #[arg(long, env = "INHAUS_MAX_NUM_BATCHED_TOKENS", default_value_t = 256)]
     max_num_batched_tokens: usize,
     /// Requests waiting beyond this are refused with 429.
     #[arg(long, env = "INHAUS_MAX_WAITING", default_value_t = 256)]

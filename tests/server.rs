@@ -369,3 +369,138 @@ fn config_file_sets_keys_and_limits_and_flags_override_it() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The value of an unlabelled-by-us engine gauge in /metrics (the sample with this model's label).
+fn metric(srv: &Server, name: &str) -> f64 {
+    let (status, _, body) = http(srv, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+/// Sends a streaming request and returns the connection once the first content chunk arrived.
+fn start_stream(srv: &Server, max_tokens: usize) -> BufReader<TcpStream> {
+    let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": max_tokens, "ignore_eos": true, "stream": true }).to_string();
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    assert!(
+        line.starts_with("HTTP/1.1 200"),
+        "the stream was refused: {line}"
+    );
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("read") > 0,
+            "stream ended early"
+        );
+        if line.contains("data: {") {
+            return r;
+        }
+    }
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !ok() {
+        assert!(t0.elapsed().as_secs() < 20, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let srv = server();
+    let conn = start_stream(&srv, 2000);
+    assert_eq!(metric(&srv, "inhaus:num_requests_running"), 1.0);
+    drop(conn);
+    wait_for("the sequence to leave", || {
+        metric(&srv, "inhaus:num_requests_running") == 0.0
+    });
+    let generated = metric(&srv, "inhaus:generation_tokens_total");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        metric(&srv, "inhaus:generation_tokens_total"),
+        generated,
+        "generation goes on after the client left"
+    );
+    assert!(generated < 2000.0, "{generated} tokens: it ran to the end");
+    assert_eq!(metric(&srv, "inhaus:kv_cache_usage_perc"), 0.0);
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_408_and_is_cancelled() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--request-timeout-secs",
+        "1",
+    ]);
+    let (status, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true }),
+    );
+    assert_error(status, &v, 408);
+    wait_for("the sequence to leave", || {
+        metric(&srv, "inhaus:num_requests_running") == 0.0
+    });
+}
+
+#[test]
+fn sigterm_lets_running_streams_finish_then_exits() {
+    let mut srv = server();
+    let mut conn = start_stream(&srv, 150);
+    let status = Command::new("kill")
+        .args(["-TERM", &srv.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // The running stream still completes: all its tokens, one finish chunk, [DONE].
+    let mut rest = String::new();
+    conn.read_to_string(&mut rest)
+        .expect("read the rest of the stream");
+    let body = dechunk_lenient(&rest);
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"finish_reason\":\"length\"")),
+        "{body}"
+    );
+    // Then the server exits by itself, successfully, and takes no new connections.
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        if let Some(c) = srv.child.try_wait().expect("wait") {
+            break c;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(code.success(), "exit status {code}");
+    assert!(TcpStream::connect(&srv.addr).is_err());
+}
+
+/// SSE lines from a chunked body that may start mid-chunk (the caller already read its head).
+fn dechunk_lenient(raw: &str) -> String {
+    raw.lines()
+        .filter(|l| l.starts_with("data: ") || l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -8,11 +8,11 @@ use super::pump::{pump, Piece, TokenLogprob};
 use super::AppState;
 use crate::engine::handle::SubmitError;
 use crate::engine::scheduler::{AdmissionError, CancelHandle};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,12 +38,25 @@ fn new_id(prefix: &str) -> String {
     )
 }
 
-/// A body that failed to parse: 413 past the size limit, else 400 (never axum's plain-text 422).
-pub fn json_error(rej: JsonRejection, limit: usize) -> ApiError {
-    if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::payload_too_large(limit);
+/// A JSON body whose rejection is an OpenAI error: 413 past the size limit, else 400 (never
+/// axum's plain-text 422).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::payload_too_large(state.max_body_bytes))
+            }
+            Err(rej) => Err(ApiError::invalid(
+                format!("Invalid request body: {}", rej.body_text()),
+                None,
+            )),
+        }
     }
-    ApiError::invalid(format!("Invalid request body: {}", rej.body_text()), None)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -54,58 +67,36 @@ enum Kind {
 
 pub async fn chat_completions(
     State(state): State<Shared>,
-    body: Result<Json<ChatBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
-    };
-    let served = match state.generative(&body.common.model) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<Response, ApiError> {
+    let served = state.generative(&body.common.model)?;
     let logprobs = match (body.logprobs, body.top_logprobs) {
         (Some(true), k) => match k.unwrap_or(0) {
             k @ 0..=20 => Some(k as usize),
             k => {
-                return ApiError::invalid(
+                return Err(ApiError::invalid(
                     format!("top_logprobs must be between 0 and 20; got {k}."),
                     Some("top_logprobs"),
-                )
-                .into_response()
+                ))
             }
         },
         (_, Some(k)) if k > 0 => {
-            return ApiError::invalid(
+            return Err(ApiError::invalid(
                 "top_logprobs needs logprobs set to true.",
                 Some("top_logprobs"),
-            )
-            .into_response()
+            ))
         }
         _ => None,
     };
-    if let Some(t) = body
-        .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        if t != "text" {
-            return ApiError::unsupported(
-                format!("response_format `{t}` is not supported yet; only `text`."),
-                "response_format",
-            )
-            .into_response();
-        }
+    let format = body.response_format.as_ref().and_then(|f| f.get("type"));
+    if let Some(t) = format.and_then(Value::as_str).filter(|&t| t != "text") {
+        return Err(ApiError::unsupported(
+            format!("response_format `{t}` is not supported yet; only `text`."),
+            "response_format",
+        ));
     }
-    let spec = match params::validate(&body.common, served, logprobs) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let prompt = match params::chat_prompt(served, &body.messages, true) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let spec = params::validate(&body.common, served, logprobs)?;
+    let prompt = params::chat_prompt(served, &body.messages, true)?;
     run(
         state.clone(),
         body.common.model,
@@ -118,47 +109,33 @@ pub async fn chat_completions(
 
 pub async fn completions(
     State(state): State<Shared>,
-    body: Result<Json<CompletionBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
-    };
-    let served = match state.generative(&body.common.model) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    ApiJson(body): ApiJson<CompletionBody>,
+) -> Result<Response, ApiError> {
+    let served = state.generative(&body.common.model)?;
     if body.echo == Some(true) {
-        return ApiError::unsupported("echo is not supported.", "echo").into_response();
+        return Err(ApiError::unsupported("echo is not supported.", "echo"));
     }
     if body.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return ApiError::unsupported("suffix is not supported.", "suffix").into_response();
+        return Err(ApiError::unsupported("suffix is not supported.", "suffix"));
     }
-    if let Some(b) = body.best_of {
-        if b != body.common.n_or_one() {
-            return ApiError::unsupported("best_of other than n is not supported.", "best_of")
-                .into_response();
-        }
+    if body.best_of.is_some_and(|b| b != body.common.n_or_one()) {
+        return Err(ApiError::unsupported(
+            "best_of other than n is not supported.",
+            "best_of",
+        ));
     }
     let logprobs = match body.logprobs {
         None => None,
         Some(k @ 0..=20) => Some(k as usize),
         Some(k) => {
-            return ApiError::invalid(
+            return Err(ApiError::invalid(
                 format!("logprobs must be between 0 and 20; got {k}."),
                 Some("logprobs"),
-            )
-            .into_response()
+            ))
         }
     };
-    let spec = match params::validate(&body.common, served, logprobs) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let prompts = match params::completion_prompts(served, &body.prompt) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let spec = params::validate(&body.common, served, logprobs)?;
+    let prompts = params::completion_prompts(served, &body.prompt)?;
     run(
         state.clone(),
         body.common.model,
@@ -207,18 +184,12 @@ async fn run(
     spec: GenSpec,
     prompts: Vec<Vec<u32>>,
     kind: Kind,
-) -> Response {
-    let served = match state.generative(&model) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let mut requests = Vec::with_capacity(prompts.len());
-    for p in &prompts {
-        match spec.request(served, p.clone()) {
-            Ok(r) => requests.push(r),
-            Err(e) => return e.into_response(),
-        }
-    }
+) -> Result<Response, ApiError> {
+    let served = state.generative(&model)?;
+    let requests = prompts
+        .iter()
+        .map(|p| spec.request(served, p.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
     let submitted = {
@@ -234,10 +205,9 @@ async fn run(
         })
         .await
     };
-    let streams = match submitted.unwrap_or(Err(SubmitError::Stopped)) {
-        Ok(s) => s,
-        Err(e) => return submit_error(e).into_response(),
-    };
+    let streams = submitted
+        .unwrap_or(Err(SubmitError::Stopped))
+        .map_err(submit_error)?;
     let n = spec.n;
     let total = n * streams.len();
     let guard = CancelGuard(streams.iter().map(|s| s.cancel.clone()).collect());
@@ -263,11 +233,11 @@ async fn run(
         kind,
         prompt_tokens,
     };
-    if spec.stream {
+    Ok(if spec.stream {
         stream_response(meta, total, spec.include_usage, rx, guard)
     } else {
         collect_response(meta, total, rx, guard).await
-    }
+    })
 }
 
 struct Meta {

@@ -2,11 +2,10 @@
 //! embedded in batches (one request at a time per model, so concurrent requests queue fairly rather
 //! than fight over the cores), returned as floats or base64 little-endian f32 as the OpenAI SDKs
 //! expect.
-use super::completions::json_error;
+use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::AppState;
 use crate::embeddings::Embedder;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -87,56 +86,46 @@ fn inputs(e: &Embedder, input: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<EmbeddingBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
-    };
-    let served = match state.embedder(&body.model) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    ApiJson(body): ApiJson<EmbeddingBody>,
+) -> Result<Response, ApiError> {
+    let served = state.embedder(&body.model)?;
     let e = served.embedder.clone();
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return ApiError::invalid(
+            return Err(ApiError::invalid(
                 format!("encoding_format must be `float` or `base64`; got `{other}`."),
                 Some("encoding_format"),
-            )
-            .into_response()
+            ))
         }
     };
     if let Some(d) = body.dimensions {
         if d != e.dimensions() as i64 {
-            return ApiError::invalid(
+            return Err(ApiError::invalid(
                 format!(
                     "This model gives {} dimensions; it cannot shorten them to {d}.",
                     e.dimensions()
                 ),
                 Some("dimensions"),
-            )
-            .into_response();
+            ));
         }
     }
-    let ids = match inputs(&e, &body.input) {
-        Ok(i) => i,
-        Err(err) => return err.into_response(),
-    };
+    let ids = inputs(&e, &body.input)?;
     let prompt_tokens: usize = ids.iter().map(|i| e.model_input_ids(i).len()).sum();
-    let Ok(_permit) = served.gate.acquire().await else {
-        return ApiError::internal("the embedding model was unloaded").into_response();
-    };
+    let _permit = served
+        .gate
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the embedding model was unloaded"))?;
     let worker = e.clone();
     let vectors = match tokio::task::spawn_blocking(move || worker.embed_tokens(&ids)).await {
         Ok(Ok(v)) => v,
         Ok(Err(err)) if err.is_invalid_input() => {
-            return ApiError::invalid(err.to_string(), Some("input")).into_response()
+            return Err(ApiError::invalid(err.to_string(), Some("input")))
         }
-        Ok(Err(err)) => return ApiError::internal(err.to_string()).into_response(),
-        Err(_) => return ApiError::internal("the embedding worker failed").into_response(),
+        Ok(Err(err)) => return Err(ApiError::internal(err.to_string())),
+        Err(_) => return Err(ApiError::internal("the embedding worker failed")),
     };
     let data: Vec<Value> = vectors
         .iter()
@@ -151,11 +140,11 @@ pub async fn embeddings(
             json!({ "object": "embedding", "index": i, "embedding": embedding })
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "object": "list",
         "data": data,
         "model": body.model,
         "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
     }))
-    .into_response()
+    .into_response())
 }

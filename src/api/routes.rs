@@ -45,29 +45,26 @@ fn model_object(id: &str) -> Value {
     json!({ "id": id, "object": "model", "created": 0, "owned_by": "inhaus" })
 }
 
-async fn list_models(State(state): State<Shared>) -> Response {
-    let models = match state.models() {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
+async fn list_models(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let models = state.models()?;
     let data: Vec<Value> = models
         .generative
         .keys()
         .chain(models.embedders.keys())
         .map(|id| model_object(id))
         .collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
 
-async fn get_model(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    let models = match state.models() {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
+async fn get_model(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let models = state.models()?;
     if models.generative.contains_key(&id) || models.embedders.contains_key(&id) {
-        Json(model_object(&id)).into_response()
+        Ok(Json(model_object(&id)).into_response())
     } else {
-        ApiError::model_not_found(&id).into_response()
+        Err(ApiError::model_not_found(&id))
     }
 }
 

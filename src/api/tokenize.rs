@@ -1,10 +1,9 @@
 //! `POST /tokenize` and `POST /detokenize` with vLLM's request and response shapes: a prompt or chat
 //! messages to token ids (so clients can count tokens exactly as generation will), and back.
-use super::completions::json_error;
+use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::params;
 use super::AppState;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,16 +29,9 @@ pub struct DetokenizeBody {
 
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<TokenizeBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
-    };
-    let served = match state.generative_or_default(body.model.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    ApiJson(body): ApiJson<TokenizeBody>,
+) -> Result<Response, ApiError> {
+    let served = state.generative_or_default(body.model.as_deref())?;
     let tok = &served.loaded.tokenizer;
     let ids = match (&body.prompt, &body.messages) {
         (Some(p), None) => tok
@@ -53,42 +45,31 @@ pub async fn tokenize(
             Some("prompt"),
         )),
     };
-    let ids = match ids {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
+    let ids = ids?;
     let strs = body.return_token_strs.unwrap_or(false).then(|| {
         ids.iter()
             .map(|&i| String::from_utf8_lossy(&tok.token_bytes(i)).into_owned())
             .collect::<Vec<_>>()
     });
-    Json(json!({
+    Ok(Json(json!({
         "count": ids.len(),
         "max_model_len": served.loaded.model.config.context_len,
         "tokens": ids,
         "token_strs": strs,
     }))
-    .into_response()
+    .into_response())
 }
 
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<DetokenizeBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return json_error(e, state.max_body_bytes).into_response(),
-    };
-    let served = match state.generative_or_default(body.model.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let ids = match params::token_prompt(served, &body.tokens, "tokens") {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
-    match served.loaded.tokenizer.decode(&ids, false) {
-        Ok(text) => Json(json!({ "prompt": text })).into_response(),
-        Err(e) => ApiError::invalid(e.to_string(), Some("tokens")).into_response(),
-    }
+    ApiJson(body): ApiJson<DetokenizeBody>,
+) -> Result<Response, ApiError> {
+    let served = state.generative_or_default(body.model.as_deref())?;
+    let ids = params::token_prompt(served, &body.tokens, "tokens")?;
+    let text = served
+        .loaded
+        .tokenizer
+        .decode(&ids, false)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
+    Ok(Json(json!({ "prompt": text })).into_response())
 }

@@ -504,3 +504,50 @@ fn dechunk_lenient(raw: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_others_are_served() {
+    // One running sequence and one waiting: a third concurrent request is refused at once.
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--max-num-seqs",
+        "1",
+        "--max-waiting",
+        "1",
+    ]);
+    let first = start_stream(&srv, 400);
+    let body = json!({ "model": ALIAS, "prompt": "Hello", "max_tokens": 4, "ignore_eos": true })
+        .to_string();
+    let second = {
+        let addr = srv.addr.clone();
+        let body = body.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            write!(
+                s,
+                "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out
+        })
+    };
+    wait_for("the second request to wait", || {
+        metric(&srv, "inhaus:num_requests_waiting") == 1.0
+    });
+    let (status, head, text) = http(&srv, "POST", "/v1/completions", Some(&body));
+    let v: Value = serde_json::from_str(&text).expect("JSON error");
+    assert_error(status, &v, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    drop(first);
+    let out = second.join().expect("second client");
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "the waiting request is served: {out}"
+    );
+}

@@ -1,6 +1,6 @@
 """Validation of server responses against OpenAI's OpenAPI document.
 
-The spec is `<repo>/../shared/openai-openapi.json` (override: $INHAUS_OPENAPI_SPEC). OpenAPI 3.1 schemas are
+The schemas are tests/fixtures/openai/schemas.json, extracted from OpenAI's spec by scripts/reference/extract_openai_schemas.py (override: $INHAUS_OPENAPI_SPEC, e.g. the whole ../shared/openai-openapi.json). OpenAPI 3.1 schemas are
 JSON Schema 2020-12, so `jsonschema` validates them directly; the whole document is registered as one
 resource and every `$ref` ("#/components/schemas/...") resolves inside it.
 
@@ -45,8 +45,10 @@ NAMES = (
 
 
 def spec_path() -> Path:
+    """The committed extract of OpenAI's spec (scripts/reference/extract_openai_schemas.py makes it),
+    or the whole spec named by INHAUS_OPENAPI_SPEC."""
     env = os.environ.get("INHAUS_OPENAPI_SPEC")
-    return Path(env) if env else REPO.parent / "shared" / "openai-openapi.json"
+    return Path(env) if env else REPO / "tests" / "fixtures" / "openai" / "schemas.json"
 
 
 def _nullable_to_anyof(node: Any) -> Any:

@@ -276,6 +276,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "bound; loading models");
+    if cfg.api_keys.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving beyond this machine without API keys: anyone who reaches the port can use the models (set --api-key or INHAUS_API_KEYS)");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -13,11 +13,19 @@ pub enum ChatTemplateError {
     Missing,
 }
 
-/// One chat message as templates see it: `content` is a string or a list of content parts.
+/// One chat message as templates see it: `content` is a string or a list of content parts; an
+/// assistant turn may carry `tool_calls` (arguments as JSON objects, as Hugging Face templates expect)
+/// and a tool result its `tool_call_id` and `name`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -25,8 +33,73 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: serde_json::Value::String(content.into()),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
+}
+
+/// serde_json formatting with Python `json.dumps` separators (`", "` and `": "`).
+struct PythonJsonFormatter;
+
+impl serde_json::ser::Formatter for PythonJsonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// `tojson` as transformers defines it for chat templates: `json.dumps(x, ensure_ascii=False,
+/// indent=indent)` - Python's separators, no HTML escaping, keys in their given order (minijinja's
+/// own filter writes compact, HTML-escaped JSON, which changes the prompt's tokens).
+fn python_tojson(
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let res = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+            serde::Serialize::serialize(&value, &mut ser)
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonJsonFormatter);
+            serde::Serialize::serialize(&value, &mut ser)
+        }
+    };
+    res.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let text = String::from_utf8(out)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(Value::from_safe_string(text))
 }
 
 /// Gemma's chat format: a system message is folded into the first user turn; `assistant` is `model`.
@@ -91,6 +164,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
         env.add_function("raise_exception", raise_exception);
+        env.add_filter("tojson", python_tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ChatTemplateError::Render(e.to_string()))?;
         Ok(Self {
@@ -106,6 +180,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// Renders with the tool definitions (`tools` as the client sent them) for templates that
+    /// describe tools to the model.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, ChatTemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -115,6 +200,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
+            tools => tools.map(Value::from_serialize),
         };
         tmpl.render(ctx).map_err(|e| {
             let mut msg = e.to_string();
@@ -123,5 +209,38 @@ impl ChatTemplate {
             }
             ChatTemplateError::Render(msg)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tojson` must print what Python's `json.dumps(x, ensure_ascii=False[, indent=n])` prints (the
+    /// expected strings are Python's output), or tool definitions tokenize differently from
+    /// transformers.
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let t = ChatTemplate::new(
+            "{{ messages[0].content | tojson }}|{{ messages[1].content | tojson(indent=2) }}",
+            "",
+            "",
+        )
+        .expect("template");
+        let msgs = [
+            ChatMessage {
+                content: serde_json::json!({"b": [1, "ü<&>"], "a": {}, "c": null, "d": 1.5}),
+                ..ChatMessage::new("user", "")
+            },
+            ChatMessage {
+                content: serde_json::json!({"b": [1, 2], "a": {}}),
+                ..ChatMessage::new("user", "")
+            },
+        ];
+        let got = t.render(&msgs, false).expect("render");
+        assert_eq!(
+            got,
+            "{\"b\": [1, \"ü<&>\"], \"a\": {}, \"c\": null, \"d\": 1.5}|{\n  \"b\": [\n    1,\n    2\n  ],\n  \"a\": {}\n}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 use super::errors::ApiError;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::pump::{pump, Piece, TokenLogprob};
+use super::tools::{ToolCall, ToolCallSplitter};
 use super::AppState;
 use crate::engine::handle::SubmitError;
 use crate::engine::scheduler::{AdmissionError, CancelHandle};
@@ -63,6 +64,14 @@ impl<T: DeserializeOwned> FromRequest<Shared> for ApiJson<T> {
 enum Kind {
     Completion,
     Chat,
+    /// Chat where the model was shown tools: `<tool_call>` blocks become `tool_calls`.
+    ChatWithTools,
+}
+
+impl Kind {
+    fn is_chat(self) -> bool {
+        self != Kind::Completion
+    }
 }
 
 pub async fn chat_completions(
@@ -96,13 +105,26 @@ pub async fn chat_completions(
         ));
     }
     let spec = params::validate(&body.common, served, logprobs)?;
-    let prompt = params::chat_prompt(served, &body.messages, true)?;
+    let tools = body.active_tools()?;
+    let prompt = params::chat_prompt(served, &body.messages, true, tools.as_ref())?;
+    let kind = if tools.is_some() {
+        Kind::ChatWithTools
+    } else {
+        Kind::Chat
+    };
+    let tool_names: Vec<String> = tools
+        .iter()
+        .flat_map(|t| t.as_array().into_iter().flatten())
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
     run(
         state.clone(),
         body.common.model,
         spec,
         vec![prompt],
-        Kind::Chat,
+        kind,
+        tool_names,
     )
     .await
 }
@@ -142,6 +164,7 @@ pub async fn completions(
         spec,
         prompts,
         Kind::Completion,
+        Vec::new(),
     )
     .await
 }
@@ -184,6 +207,7 @@ async fn run(
     spec: GenSpec,
     prompts: Vec<Vec<u32>>,
     kind: Kind,
+    tool_names: Vec<String>,
 ) -> Result<Response, ApiError> {
     let served = state.generative(&model)?;
     let requests = prompts
@@ -223,15 +247,12 @@ async fn run(
     }
     drop(tx);
     let meta = Meta {
-        id: new_id(if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        }),
+        id: new_id(if kind.is_chat() { "chatcmpl" } else { "cmpl" }),
         created: now(),
         model,
         kind,
         prompt_tokens,
+        tool_names,
     };
     Ok(if spec.stream {
         stream_response(meta, total, spec.include_usage, rx, guard)
@@ -246,6 +267,8 @@ struct Meta {
     model: String,
     kind: Kind,
     prompt_tokens: usize,
+    /// Tools the request declared (ChatWithTools).
+    tool_names: Vec<String>,
 }
 
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
@@ -345,12 +368,27 @@ async fn collect_response(
         .iter()
         .enumerate()
         .map(|(i, o)| match meta.kind {
-            Kind::Chat => json!({
-                "index": i,
-                "message": { "role": "assistant", "content": o.text, "refusal": null },
-                "logprobs": if want_logprobs { chat_logprobs(&o.logprobs) } else { Value::Null },
-                "finish_reason": o.finish,
-            }),
+            Kind::Chat | Kind::ChatWithTools => {
+                let mut message = json!({ "role": "assistant", "content": o.text, "refusal": null });
+                let mut finish = o.finish;
+                if meta.kind == Kind::ChatWithTools {
+                    let mut split = ToolCallSplitter::new(meta.tool_names.clone());
+                    let mut content = split.push(&o.text);
+                    let (rest, calls) = split.finish();
+                    content.push_str(&rest);
+                    if !calls.is_empty() {
+                        message["content"] = if content.trim().is_empty() { Value::Null } else { json!(content.trim_end()) };
+                        message["tool_calls"] = calls.iter().map(ToolCall::to_json).collect();
+                        finish = Some("tool_calls");
+                    }
+                }
+                json!({
+                    "index": i,
+                    "message": message,
+                    "logprobs": if want_logprobs { chat_logprobs(&o.logprobs) } else { Value::Null },
+                    "finish_reason": finish,
+                })
+            }
             Kind::Completion => json!({
                 "index": i,
                 "text": o.text,
@@ -360,7 +398,7 @@ async fn collect_response(
         })
         .collect();
     let object = match meta.kind {
-        Kind::Chat => "chat.completion",
+        Kind::Chat | Kind::ChatWithTools => "chat.completion",
         Kind::Completion => "text_completion",
     };
     Json(json!({
@@ -383,7 +421,7 @@ fn stream_response(
 ) -> Response {
     let (sse_tx, sse_rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     let object = match meta.kind {
-        Kind::Chat => "chat.completion.chunk",
+        Kind::Chat | Kind::ChatWithTools => "chat.completion.chunk",
         Kind::Completion => "text_completion",
     };
     let chunk = move |choices: Value, usage_value: Option<Value>| -> Value {
@@ -399,6 +437,7 @@ fn stream_response(
     };
     let kind = meta.kind;
     let prompt_tokens = meta.prompt_tokens;
+    let tool_names = meta.tool_names.clone();
     let choice = move |index: usize,
                        text: Option<&str>,
                        lp: &[TokenLogprob],
@@ -407,13 +446,13 @@ fn stream_response(
           -> Value {
         let logprobs = if lp.is_empty() {
             Value::Null
-        } else if kind == Kind::Chat {
+        } else if kind.is_chat() {
             chat_logprobs(lp)
         } else {
             completion_logprobs(lp, offset)
         };
         match kind {
-            Kind::Chat => {
+            Kind::Chat | Kind::ChatWithTools => {
                 let delta = match text {
                     Some(t) => json!({ "content": t }),
                     None => json!({}),
@@ -435,7 +474,7 @@ fn stream_response(
                     .is_ok()
             }
         };
-        if kind == Kind::Chat {
+        if kind.is_chat() {
             for i in 0..total {
                 let first = json!({ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
                 if !send(chunk(json!([first]), None)).await {
@@ -444,6 +483,10 @@ fn stream_response(
             }
         }
         let mut offsets = vec![0usize; total];
+        let mut splitters: Vec<ToolCallSplitter> = (0..total)
+            .map(|_| ToolCallSplitter::new(tool_names.clone()))
+            .collect();
+        let with_tools = kind == Kind::ChatWithTools;
         let mut completion_tokens = 0;
         let mut ended = 0;
         while ended < total {
@@ -458,6 +501,14 @@ fn stream_response(
                     text,
                     logprobs,
                 } => {
+                    let text = if with_tools {
+                        splitters[index].push(&text)
+                    } else {
+                        text
+                    };
+                    if text.is_empty() && logprobs.is_empty() {
+                        continue;
+                    }
                     let c = choice(index, Some(&text), &logprobs, offsets[index], None);
                     offsets[index] += text.chars().count();
                     if !send(chunk(json!([c]), None)).await {
@@ -471,11 +522,33 @@ fn stream_response(
                     reason,
                     completion_tokens: n,
                 } => {
+                    let (text, calls) = if with_tools {
+                        let split = &mut splitters[index];
+                        let mut t = split.push(&text);
+                        let (rest, calls) = std::mem::take(split).finish();
+                        t.push_str(&rest);
+                        (t, calls)
+                    } else {
+                        (text, Vec::new())
+                    };
                     if !text.is_empty() || !logprobs.is_empty() {
                         let c = choice(index, Some(&text), &logprobs, offsets[index], None);
                         if !send(chunk(json!([c]), None)).await {
                             return;
                         }
+                    }
+                    let mut reason = reason;
+                    if !calls.is_empty() {
+                        let deltas: Vec<Value> = calls
+                            .iter()
+                            .enumerate()
+                            .map(|(k, c)| c.to_delta(k))
+                            .collect();
+                        let c = json!({ "index": index, "delta": { "tool_calls": deltas }, "logprobs": null, "finish_reason": null });
+                        if !send(chunk(json!([c]), None)).await {
+                            return;
+                        }
+                        reason = "tool_calls";
                     }
                     let c = choice(index, None, &[], 0, Some(reason));
                     if !send(chunk(json!([c]), None)).await {

@@ -12,6 +12,7 @@ pub mod params;
 pub mod pump;
 pub mod routes;
 pub mod tokenize;
+pub mod tools;
 
 use crate::embeddings::Embedder;
 use crate::engine::handle::EngineHandle;

@@ -70,8 +70,64 @@ pub struct ChatBody {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub response_format: Option<Value>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
     #[serde(flatten)]
     pub common: CommonParams,
+}
+
+impl ChatBody {
+    /// The tool definitions to show the model: none with `tool_choice: "none"`; `auto` (the
+    /// default) lets the model decide. Forcing a call is not supported yet.
+    pub fn active_tools(&self) -> Result<Option<Value>, ApiError> {
+        let tools = match &self.tools {
+            Some(t) if !t.is_empty() => t,
+            _ => return Ok(None),
+        };
+        match &self.tool_choice {
+            None => {}
+            Some(Value::String(c)) if c == "auto" => {}
+            Some(Value::String(c)) if c == "none" => return Ok(None),
+            Some(_) => {
+                return Err(ApiError::unsupported(
+                    "tool_choice other than `auto` or `none` is not supported yet.",
+                    "tool_choice",
+                ))
+            }
+        }
+        for (i, t) in tools.iter().enumerate() {
+            let ok = t.get("type").and_then(Value::as_str) == Some("function")
+                && t.pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .is_some();
+            if !ok {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."),
+                    Some("tools"),
+                ));
+            }
+        }
+        Ok(Some(Value::Array(tools.clone())))
+    }
+}
+
+/// An assistant turn's `tool_calls` as templates expect them: `arguments` parsed from the JSON string
+/// the API carries into an object (kept as the string when it does not parse).
+fn template_tool_calls(calls: &Value) -> Value {
+    let mut calls = calls.clone();
+    if let Some(list) = calls.as_array_mut() {
+        for c in list {
+            if let Some(args) = c.pointer_mut("/function/arguments") {
+                if let Some(parsed) = args
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                {
+                    *args = parsed;
+                }
+            }
+        }
+    }
+    calls
 }
 
 /// A validated generation, before the prompt is known.
@@ -330,6 +386,7 @@ pub fn chat_prompt(
     served: &ServedModel,
     messages: &[Value],
     add_generation_prompt: bool,
+    tools: Option<&Value>,
 ) -> Result<Vec<u32>, ApiError> {
     let mut msgs = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
@@ -384,9 +441,16 @@ pub fn chat_prompt(
             }
         };
         let role = if role == "developer" { "system" } else { role };
+        let text_field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
         msgs.push(ChatMessage {
             role: role.to_string(),
             content: Value::String(content),
+            tool_calls: m
+                .get("tool_calls")
+                .filter(|c| c.is_array())
+                .map(template_tool_calls),
+            tool_call_id: text_field("tool_call_id"),
+            name: text_field("name"),
         });
     }
     if msgs.is_empty() {
@@ -405,7 +469,7 @@ pub fn chat_prompt(
         )
     })?;
     let text = template
-        .render(&msgs, add_generation_prompt)
+        .render_with_tools(&msgs, add_generation_prompt, tools)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
     let tok = &served.loaded.tokenizer;
     let mut ids = tok

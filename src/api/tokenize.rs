@@ -38,7 +38,7 @@ pub async fn tokenize(
             .encode(p, body.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt"))),
         (None, Some(m)) => {
-            params::chat_prompt(served, m, body.add_generation_prompt.unwrap_or(true))
+            params::chat_prompt(served, m, body.add_generation_prompt.unwrap_or(true), None)
         }
         _ => Err(ApiError::invalid(
             "Give either `prompt` or `messages`.",

@@ -49,6 +49,8 @@ fn main() {
         }
         times.push(start.elapsed().as_secs_f64());
     }
+    let samples: Vec<String> = times.iter().map(|t| format!("{:.1}", t * 1e3)).collect();
+    println!("samples_ms {}", samples.join(" "));
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(

@@ -228,12 +228,12 @@ fn tile(
     bias: Option<&[f32]>,
     lvl: Level,
 ) {
-    debug_assert!(mr <= MR && ncols <= NR && b.len() >= kc * NR);
-    debug_assert!(a.len() >= (mr - 1) * lda + kc && c.len() >= (mr - 1) * ldc + ncols);
+    assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && b.len() >= kc * NR);
+    assert!(a.len() >= (mr - 1) * lda + kc && c.len() >= (mr - 1) * ldc + ncols);
     #[cfg(target_arch = "x86_64")]
-    if lvl == Level::Avx512 && mr == MR {
+    if lvl == Level::Avx512 {
         // SAFETY: AVX-512F detected; the slices' extents are as checked above.
-        unsafe { kernel_avx512(a, lda, b, kc, c, ldc, ncols, bias) };
+        unsafe { kernel_avx512(a, lda, b, kc, c, ldc, mr, ncols, bias) };
         return;
     }
     let _ = lvl;
@@ -287,12 +287,14 @@ unsafe fn kernel_avx512(
     kc: usize,
     c: &mut [f32],
     ldc: usize,
+    mr: usize,
     ncols: usize,
     bias: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= (MR - 1) * lda + kc && b.len() >= kc * NR);
-    debug_assert!(c.len() >= (MR - 1) * ldc + ncols);
+    debug_assert!((1..=MR).contains(&mr));
+    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= kc * NR);
+    debug_assert!(c.len() >= (mr - 1) * ldc + ncols);
     let m0: __mmask16 = if ncols >= 16 {
         0xFFFF
     } else {
@@ -317,24 +319,28 @@ unsafe fn kernel_avx512(
             }
         }
         None => {
-            for r in 0..MR {
+            for r in 0..mr {
                 acc[2 * r] = _mm512_maskz_loadu_ps(m0, cp.add(r * ldc));
                 acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, cp.add(r * ldc + 16));
             }
         }
     }
-    let ap = a.as_ptr();
+    // Rows past `mr` recompute the last real row (in bounds) and are not stored.
+    let mut rows = [a.as_ptr(); MR];
+    for (r, p) in rows.iter_mut().enumerate() {
+        *p = a.as_ptr().add(r.min(mr - 1) * lda);
+    }
     let bp = b.as_ptr();
     for kk in 0..kc {
         let b0 = _mm512_loadu_ps(bp.add(kk * NR));
         let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
         for r in 0..MR {
-            let av = _mm512_set1_ps(*ap.add(r * lda + kk));
+            let av = _mm512_set1_ps(*rows[r].add(kk));
             acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
         }
     }
-    for r in 0..MR {
+    for r in 0..mr {
         _mm512_mask_storeu_ps(cp.add(r * ldc), m0, acc[2 * r]);
         _mm512_mask_storeu_ps(cp.add(r * ldc + 16), m1, acc[2 * r + 1]);
     }
@@ -527,12 +533,45 @@ fn attend(
     if len == 0 {
         return;
     }
+    let kp = len.div_ceil(NR);
+    let vp = hd.div_ceil(NR);
+    let ls = kp * NR;
+    let ldc = vp * NR;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let sizes = [kp * hd * NR, vp * len * NR, len * ls, len * ldc];
+        scratch.clear();
+        scratch.resize(sizes.iter().sum(), 0.0);
+        let (kt, rest) = scratch.split_at_mut(sizes[0]);
+        let (v, rest) = rest.split_at_mut(sizes[1]);
+        let (s, ctx) = rest.split_at_mut(sizes[2]);
+        attend_in(qkv, start, len, h, hd, hidden, out, lvl, kt, v, s, ctx);
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_in(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    h: usize,
+    hd: usize,
+    hidden: usize,
+    out: SyncPtr,
+    lvl: Level,
+    kt: &mut [f32],
+    v: &mut [f32],
+    s: &mut [f32],
+    ctx: &mut [f32],
+) {
     let stride = 3 * hidden;
     let kp = len.div_ceil(NR);
     let vp = hd.div_ceil(NR);
     let ls = kp * NR;
-    let mut kt = vec![0f32; kp * hd * NR];
-    let mut v = vec![0f32; vp * len * NR];
+    let ldc = vp * NR;
     for j in 0..len {
         let row = &qkv[(start + j) * stride..(start + j + 1) * stride];
         let kr = &row[hidden + h * hd..hidden + (h + 1) * hd];
@@ -545,7 +584,6 @@ fn attend(
             v[p * len * NR + j * NR..p * len * NR + j * NR + chunk.len()].copy_from_slice(chunk);
         }
     }
-    let mut s = vec![0f32; len * ls];
     let q = &qkv[start * stride + h * hd..];
     let mut i = 0;
     while i < len {
@@ -568,7 +606,7 @@ fn attend(
         }
         i += mr;
     }
-    // Softmax over the real keys, normalized in place (the tiles start from `c`, so zero it first).
+    // Softmax over the real keys, normalized in place.
     dispatch!(for row in s.chunks_exact_mut(ls) {
         let row = &mut row[..len];
         let max = max_lanes(row);
@@ -576,8 +614,6 @@ fn attend(
         let inv = 1.0 / sum_lanes(row);
         row.iter_mut().for_each(|x| *x *= inv);
     });
-    let mut ctx = vec![0f32; len * vp * NR];
-    let ldc = vp * NR;
     let mut i = 0;
     while i < len {
         let mr = MR.min(len - i);
@@ -721,6 +757,35 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+#[cfg(test)]
+mod speed {
+    #[test]
+    #[ignore]
+    fn gemm_speed() {
+        for &(m, n, k) in &[
+            (3200usize, 1536usize, 384usize),
+            (3200, 384, 1536),
+            (3200, 1152, 384),
+        ] {
+            let x = vec![0.5f32; m * k];
+            let w = vec![0.25f32; n * k];
+            let b = vec![0f32; n];
+            let pw = super::PackedLinear::new(&w, &b, n, k).expect("p");
+            let mut out = vec![0f32; m * n];
+            super::linear(&x, &pw, &mut out, &|_, _| {});
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                super::linear(&x, &pw, &mut out, &|_, _| {});
+            }
+            let s = t.elapsed().as_secs_f64() / 10.0;
+            println!(
+                "{m}x{n}x{k}: {:.2} ms {:.1} GFLOP/s",
+                s * 1e3,
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
         }
     }
 }

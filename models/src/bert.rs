@@ -10,6 +10,7 @@ use inhaus_kernels::dense::{self, Act, PackedLinear};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -249,6 +250,17 @@ pub struct BertModel {
     embed_norm: Norm,
     layers: Vec<Layer>,
     act: Act,
+    /// Activation buffers kept between forwards (no page faults and zeroing per call); a concurrent
+    /// forward that finds them taken allocates its own.
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    attn: Vec<f32>,
+    inter: Vec<f32>,
 }
 
 impl BertModel {
@@ -328,6 +340,7 @@ impl BertModel {
             embed_norm,
             layers,
             act,
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -400,26 +413,41 @@ impl BertModel {
         let n = &self.embed_norm;
         dense::layer_norm(&mut x, &n.weight, &n.bias, n.eps);
 
-        let mut qkv = vec![0f32; total * 3 * h];
-        let mut ctx = vec![0f32; total * h];
-        let mut attn = vec![0f32; total * h];
-        let mut inter = vec![0f32; total * ff];
+        // Every buffer below is fully written before it is read (each row is in some sequence).
+        let mut fresh = Scratch::default();
+        let mut guard = self.scratch.try_lock().ok();
+        let Scratch {
+            qkv,
+            ctx,
+            attn,
+            inter,
+        } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        qkv.resize(total * 3 * h, 0.0);
+        ctx.resize(total * h, 0.0);
+        attn.resize(total * h, 0.0);
+        inter.resize(total * ff, 0.0);
+        let (qkv, ctx, attn, inter) = (
+            &mut qkv[..total * 3 * h],
+            &mut ctx[..total * h],
+            &mut attn[..total * h],
+            &mut inter[..total * ff],
+        );
         for l in &self.layers {
-            dense::linear(&x, &l.qkv, &mut qkv, &|_, _| {});
-            dense::attention(&qkv, &seqs, heads, self.config.head_dim(), &mut ctx);
+            dense::linear(&x, &l.qkv, qkv, &|_, _| {});
+            dense::attention(qkv, &seqs, heads, self.config.head_dim(), ctx);
             let x_ref = &x;
             let an = &l.attn_norm;
-            dense::linear(&ctx, &l.attn_out, &mut attn, &|r0, block| {
+            dense::linear(ctx, &l.attn_out, attn, &|r0, block| {
                 let res = &x_ref[r0 * h..r0 * h + block.len()];
                 dense::residual_layer_norm(block, res, &an.weight, &an.bias, an.eps);
             });
             let act = self.act;
-            dense::linear(&attn, &l.intermediate, &mut inter, &|_, block| {
+            dense::linear(attn, &l.intermediate, inter, &|_, block| {
                 dense::apply_activation(block, act)
             });
-            let attn_ref = &attn;
+            let attn_ref = &*attn;
             let on = &l.out_norm;
-            dense::linear(&inter, &l.output, &mut x, &|r0, block| {
+            dense::linear(inter, &l.output, &mut x, &|r0, block| {
                 let res = &attn_ref[r0 * h..r0 * h + block.len()];
                 dense::residual_layer_norm(block, res, &on.weight, &on.bias, on.eps);
             });

@@ -197,6 +197,7 @@ fn gemm_block(a: &[f32], mb: usize, w: &PackedLinear, c: &mut [f32], lvl: Level)
                     &a[r * k + k0..],
                     k,
                     b,
+                    NR,
                     kc,
                     &mut c[r * n + p * NR..],
                     n,
@@ -220,6 +221,7 @@ fn tile(
     a: &[f32],
     lda: usize,
     b: &[f32],
+    ldb: usize,
     kc: usize,
     c: &mut [f32],
     ldc: usize,
@@ -228,17 +230,18 @@ fn tile(
     bias: Option<&[f32]>,
     lvl: Level,
 ) {
-    assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && b.len() >= kc * NR);
+    assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && ldb >= NR && kc >= 1);
+    assert!(b.len() >= (kc - 1) * ldb + NR);
     assert!(a.len() >= (mr - 1) * lda + kc && c.len() >= (mr - 1) * ldc + ncols);
     #[cfg(target_arch = "x86_64")]
     if lvl == Level::Avx512 {
         // SAFETY: AVX-512F detected; the slices' extents are as checked above.
-        unsafe { kernel_avx512(a, lda, b, kc, c, ldc, mr, ncols, bias) };
+        unsafe { kernel_avx512(a, lda, b, ldb, kc, c, ldc, mr, ncols, bias) };
         return;
     }
     let _ = lvl;
     dispatch!(kernel_generic::<FMA>(
-        a, lda, b, kc, c, ldc, mr, ncols, bias
+        a, lda, b, ldb, kc, c, ldc, mr, ncols, bias
     ))
 }
 
@@ -249,6 +252,7 @@ fn kernel_generic<const FMA: bool>(
     a: &[f32],
     lda: usize,
     b: &[f32],
+    ldb: usize,
     kc: usize,
     c: &mut [f32],
     ldc: usize,
@@ -264,7 +268,7 @@ fn kernel_generic<const FMA: bool>(
         }
     }
     for kk in 0..kc {
-        let bk = &b[kk * NR..(kk + 1) * NR];
+        let bk = &b[kk * ldb..kk * ldb + NR];
         for r in 0..mr {
             let av = a[r * lda + kk];
             for j in 0..NR {
@@ -284,6 +288,7 @@ unsafe fn kernel_avx512(
     a: &[f32],
     lda: usize,
     b: &[f32],
+    ldb: usize,
     kc: usize,
     c: &mut [f32],
     ldc: usize,
@@ -293,7 +298,7 @@ unsafe fn kernel_avx512(
 ) {
     use std::arch::x86_64::*;
     debug_assert!((1..=MR).contains(&mr));
-    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= kc * NR);
+    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= (kc - 1) * ldb + NR);
     debug_assert!(c.len() >= (mr - 1) * ldc + ncols);
     let m0: __mmask16 = if ncols >= 16 {
         0xFFFF
@@ -332,8 +337,8 @@ unsafe fn kernel_avx512(
     }
     let bp = b.as_ptr();
     for kk in 0..kc {
-        let b0 = _mm512_loadu_ps(bp.add(kk * NR));
-        let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
+        let b0 = _mm512_loadu_ps(bp.add(kk * ldb));
+        let b1 = _mm512_loadu_ps(bp.add(kk * ldb + 16));
         for r in 0..MR {
             let av = _mm512_set1_ps(*rows[r].add(kk));
             acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
@@ -517,8 +522,9 @@ pub fn attention(
     });
 }
 
-/// One (sequence, head): `S = Q Kᵀ` and `ctx = softmax(S) V` as micro-tile GEMMs, K and V packed into
-/// [`NR`]-column panels (`Kᵀ`: `[head_dim][NR keys]` per panel, `V`: `[len][NR dims]` per panel).
+/// One (sequence, head): `S = Q Kᵀ` and `ctx = softmax(S) V` as micro-tile GEMMs, `Kᵀ` packed into
+/// [`NR`]-key panels (`[head_dim][NR keys]` each); `V` is read in place from `qkv` when `head_dim` is a
+/// multiple of [`NR`], else packed into `[len][NR dims]` panels. The softmax's `1/Σ` is applied on output.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     qkv: &[f32],
@@ -537,19 +543,39 @@ fn attend(
     let vp = hd.div_ceil(NR);
     let ls = kp * NR;
     let ldc = vp * NR;
+    let pack_v = !hd.is_multiple_of(NR);
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        let sizes = [kp * hd * NR, vp * len * NR, len * ls, len * ldc];
+        let v_size = if pack_v { vp * len * NR } else { 0 };
+        let sizes = [kp * hd * NR, v_size, len * ls, len * ldc, len];
         scratch.clear();
         scratch.resize(sizes.iter().sum(), 0.0);
         let (kt, rest) = scratch.split_at_mut(sizes[0]);
         let (v, rest) = rest.split_at_mut(sizes[1]);
-        let (s, ctx) = rest.split_at_mut(sizes[2]);
-        attend_in(qkv, start, len, h, hd, hidden, out, lvl, kt, v, s, ctx);
+        let (s, rest) = rest.split_at_mut(sizes[2]);
+        let (ctx, inv) = rest.split_at_mut(sizes[3]);
+        let bufs = AttnScratch {
+            kt,
+            v: pack_v.then_some(v),
+            s,
+            ctx,
+            inv,
+        };
+        attend_in(qkv, start, len, h, hd, hidden, out, lvl, bufs);
     })
+}
+
+/// One attention task's buffers (zeroed): packed `Kᵀ`, packed `V` (when needed), scores, context,
+/// each row's `1/Σ`.
+struct AttnScratch<'a> {
+    kt: &'a mut [f32],
+    v: Option<&'a mut [f32]>,
+    s: &'a mut [f32],
+    ctx: &'a mut [f32],
+    inv: &'a mut [f32],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -562,11 +588,15 @@ fn attend_in(
     hidden: usize,
     out: SyncPtr,
     lvl: Level,
-    kt: &mut [f32],
-    v: &mut [f32],
-    s: &mut [f32],
-    ctx: &mut [f32],
+    bufs: AttnScratch,
 ) {
+    let AttnScratch {
+        kt,
+        mut v,
+        s,
+        ctx,
+        inv,
+    } = bufs;
     let stride = 3 * hidden;
     let kp = len.div_ceil(NR);
     let vp = hd.div_ceil(NR);
@@ -579,9 +609,12 @@ fn attend_in(
         for (d, &x) in kr.iter().enumerate() {
             panel[d * NR + j % NR] = x;
         }
-        let vr = &row[2 * hidden + h * hd..2 * hidden + (h + 1) * hd];
-        for (p, chunk) in vr.chunks(NR).enumerate() {
-            v[p * len * NR + j * NR..p * len * NR + j * NR + chunk.len()].copy_from_slice(chunk);
+        if let Some(v) = v.as_deref_mut() {
+            let vr = &row[2 * hidden + h * hd..2 * hidden + (h + 1) * hd];
+            for (p, chunk) in vr.chunks(NR).enumerate() {
+                v[p * len * NR + j * NR..p * len * NR + j * NR + chunk.len()]
+                    .copy_from_slice(chunk);
+            }
         }
     }
     let q = &qkv[start * stride + h * hd..];
@@ -595,6 +628,7 @@ fn attend_in(
                 &q[i * stride..],
                 stride,
                 b,
+                NR,
                 hd,
                 &mut s[i * ls + p * NR..],
                 ls,
@@ -606,23 +640,29 @@ fn attend_in(
         }
         i += mr;
     }
-    // Softmax over the real keys, normalized in place.
-    dispatch!(for row in s.chunks_exact_mut(ls) {
-        let row = &mut row[..len];
-        let max = max_lanes(row);
-        row.iter_mut().for_each(|x| *x = exp_f32(*x - max));
-        let inv = 1.0 / sum_lanes(row);
-        row.iter_mut().for_each(|x| *x *= inv);
-    });
+    // Softmax over the real keys (unnormalized; `inv` keeps each row's 1/Σ).
+    dispatch!(
+        for (row, inv) in s.chunks_exact_mut(ls).zip(inv.iter_mut()) {
+            let row = &mut row[..len];
+            let max = max_lanes(row);
+            row.iter_mut().for_each(|x| *x = exp_f32(*x - max));
+            *inv = 1.0 / sum_lanes(row);
+        }
+    );
+    let v_in_place = &qkv[start * stride + 2 * hidden + h * hd..];
     let mut i = 0;
     while i < len {
         let mr = MR.min(len - i);
         for p in 0..vp {
-            let b = &v[p * len * NR..(p + 1) * len * NR];
+            let (b, ldb) = match v.as_deref() {
+                Some(v) => (&v[p * len * NR..(p + 1) * len * NR], NR),
+                None => (&v_in_place[p * NR..], stride),
+            };
             tile(
                 &s[i * ls..],
                 ls,
                 b,
+                ldb,
                 len,
                 &mut ctx[i * ldc + p * NR..],
                 ldc,
@@ -634,13 +674,15 @@ fn attend_in(
         }
         i += mr;
     }
-    for (i, c) in ctx.chunks_exact(ldc).enumerate() {
+    for (i, (c, &inv)) in ctx.chunks_exact(ldc).zip(inv.iter()).enumerate() {
         // SAFETY: this (sequence, head) task alone writes its head's columns of its own rows, which lie
         // inside `out` (checked by `attention`).
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out.get().add((start + i) * hidden + h * hd), hd)
         };
-        dst.copy_from_slice(&c[..hd]);
+        for (o, &x) in dst.iter_mut().zip(c) {
+            *o = x * inv;
+        }
     }
 }
 
@@ -724,10 +766,16 @@ mod tests {
 
     #[test]
     fn attention_matches_reference() {
-        let (heads, hd) = (3, 8);
+        // head_dim 32 and 64 read V in place; 8 and 40 pack it.
+        for &(heads, hd) in &[(3, 8), (2, 32), (1, 64), (2, 40)] {
+            attention_case(heads, hd);
+        }
+    }
+
+    fn attention_case(heads: usize, hd: usize) {
         let hidden = heads * hd;
-        let seqs = [(0, 5), (5, 1), (6, 19)];
-        let rows = 25;
+        let seqs = [(0, 5), (5, 1), (6, 19), (25, 40)];
+        let rows = 65;
         let mut seed = 3;
         let qkv = rnd(rows * 3 * hidden, &mut seed);
         let mut out = vec![0f32; rows * hidden];

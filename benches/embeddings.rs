@@ -1,6 +1,8 @@
 //! Embedding speed of all-MiniLM-L6-v2: one request of 32 texts of about 100 tokens each (one internal
 //! batch), median of a few runs. Skipped when the model is not fetched (scripts/fetch-models.sh all-minilm-l6-v2).
 //! Run: cargo bench --bench embeddings
+//! With INHAUS_BENCH_TEXTS=FILE set, the 32 texts are also written there (a JSON list), so that another
+//! implementation can time the same inputs (scripts/bench-embeddings.sh).
 use inhaus::embeddings::Embedder;
 use std::time::Instant;
 
@@ -28,6 +30,13 @@ fn main() {
         })
         .collect();
     let tokens: usize = texts.iter().filter_map(|t| e.count_tokens(t).ok()).sum();
+    if let Ok(path) = std::env::var("INHAUS_BENCH_TEXTS") {
+        let json = serde_json::to_string(&texts).unwrap_or_default();
+        if let Err(err) = std::fs::write(&path, json) {
+            println!("cannot write {path}: {err}");
+            return;
+        }
+    }
     let mut times = Vec::new();
     for _ in 0..7 {
         let start = Instant::now();
@@ -40,6 +49,8 @@ fn main() {
         }
         times.push(start.elapsed().as_secs_f64());
     }
+    let samples: Vec<String> = times.iter().map(|t| format!("{:.1}", t * 1e3)).collect();
+    println!("samples_ms {}", samples.join(" "));
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(

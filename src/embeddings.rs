@@ -390,17 +390,11 @@ impl Embedder {
     /// sentence-transformers: `sum / max(count, 1e-9)`, then `v / max(|v|, 1e-12)`.
     fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let output = self.model.forward(batch)?;
-        let (b, seq, h) = output.hidden.dims3().map_err(BertError::from)?;
-        let hidden: Vec<f32> = output
-            .hidden
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(BertError::from)?;
-        let mut vectors = Vec::with_capacity(b);
+        let h = output.hidden_size;
+        let mut vectors = Vec::with_capacity(batch.len());
         for (i, &len) in output.lengths.iter().enumerate() {
             let mut sum = vec![0f64; h];
-            for t in 0..len {
-                let row = &hidden[(i * seq + t) * h..(i * seq + t + 1) * h];
+            for row in output.token_states(i)?.chunks_exact(h) {
                 for (s, &x) in sum.iter_mut().zip(row) {
                     *s += x as f64;
                 }

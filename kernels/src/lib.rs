@@ -6,6 +6,7 @@
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
 //! - [`packed`], [`packed_k`]: weights re-laid in 8-row groups for VNNI GEMV/GEMM.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
+//! - [`dense`]: f32 GEMM on packed weights, LayerNorm, GELU and packed-sequence attention (BERT encoders).
 //! - [`pool`]: the spinning compute thread pool every parallel kernel runs on.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
 // Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
@@ -13,6 +14,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod dense;
 pub mod dot;
 pub mod matmul;
 pub mod ops;

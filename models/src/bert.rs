@@ -1,13 +1,16 @@
 //! The BERT encoder behind sentence-embedding models (all-MiniLM-L6-v2 and its kin): word + position +
 //! token-type embeddings, LayerNorm, then post-LN layers of bidirectional self-attention and a GELU
 //! feed-forward. Weights come from a Hugging Face `model.safetensors` (optionally under a `bert.` prefix),
-//! the shape from its `config.json`. One batched forward: inputs padded to the longest, with an attention
-//! mask so that padding never changes a real token's state. Pooling is the caller's (see the root crate's
-//! `embeddings`). The math runs on candle tensors (f32).
-use candle_core::{DType, Device, Tensor, D};
+//! the shape from its `config.json`. One batched forward packs the inputs' tokens one after another (no
+//! padding): the dense layers run on real tokens only and attention stays inside each input. Pooling is the
+//! caller's (see the root crate's `embeddings`). The math is f32 on the CPU ([`inhaus_kernels::dense`]:
+//! packed-weight GEMM, fused bias/GELU and residual/LayerNorm, per-(input, head) attention).
+use candle_core::{DType, Device, Tensor};
+use inhaus_kernels::dense::{self, Act, PackedLinear};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -136,62 +139,31 @@ impl Activation {
         }
     }
 
-    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn kernel(self) -> Act {
         match self {
-            Self::GeluErf => x.gelu_erf(),
-            Self::GeluTanh => x.gelu(),
-            Self::Relu => x.relu(),
+            Self::GeluErf => Act::GeluErf,
+            Self::GeluTanh => Act::GeluTanh,
+            Self::Relu => Act::Relu,
         }
     }
 }
 
-/// `y = x Wᵀ + b` with the PyTorch `[out, in]` weight, kept as a transposed view.
-struct Linear {
-    weight_t: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// `x`: `[batch, seq, in]`, multiplied as one `[batch * seq, in]` matrix.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, s, i) = x.dims3()?;
-        let out = self.weight_t.dim(1)?;
-        x.reshape((b * s, i))?
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?
-            .reshape((b, s, out))
-    }
-}
-
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    /// Normalizes over the last dimension (biased variance, as `torch.nn.LayerNorm`).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        centered
-            .broadcast_mul(&inv)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
-    }
+/// LayerNorm parameters over the hidden size.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
+    /// Query, key and value in one `[3 * hidden, hidden]` projection; the query rows (weight and bias) are
+    /// pre-scaled by `1/√head_dim`.
+    qkv: PackedLinear,
+    attn_out: PackedLinear,
+    attn_norm: Norm,
+    intermediate: PackedLinear,
+    output: PackedLinear,
+    out_norm: Norm,
 }
 
 /// Tensors of the file by name, with the shape checks the loader does.
@@ -201,7 +173,7 @@ struct Weights {
 }
 
 impl Weights {
-    fn get(&self, name: &str, shape: &[usize]) -> BertResult<Tensor> {
+    fn get(&self, name: &str, shape: &[usize]) -> BertResult<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
         let t = self
             .tensors
@@ -214,55 +186,81 @@ impl Weights {
                 got: t.dims().to_vec(),
             });
         }
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn linear(&self, name: &str, out: usize, inp: usize) -> BertResult<Linear> {
-        Ok(Linear {
-            weight_t: self.get(&format!("{name}.weight"), &[out, inp])?.t()?,
-            bias: self.get(&format!("{name}.bias"), &[out])?,
-        })
+    /// The `[out, in]` weight and `out` bias of a PyTorch `Linear`.
+    fn linear_parts(&self, name: &str, out: usize, inp: usize) -> BertResult<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.get(&format!("{name}.weight"), &[out, inp])?,
+            self.get(&format!("{name}.bias"), &[out])?,
+        ))
     }
 
-    fn layer_norm(&self, name: &str, dim: usize, eps: f64) -> BertResult<LayerNorm> {
-        Ok(LayerNorm {
+    fn linear(&self, name: &str, out: usize, inp: usize) -> BertResult<PackedLinear> {
+        let (w, b) = self.linear_parts(name, out, inp)?;
+        pack(&w, &b, out, inp)
+    }
+
+    fn layer_norm(&self, name: &str, dim: usize, eps: f64) -> BertResult<Norm> {
+        Ok(Norm {
             weight: self.get(&format!("{name}.weight"), &[dim])?,
             bias: self.get(&format!("{name}.bias"), &[dim])?,
-            eps,
+            eps: eps as f32,
         })
     }
 }
 
-/// The token states of one batched forward.
+fn pack(w: &[f32], b: &[f32], out: usize, inp: usize) -> BertResult<PackedLinear> {
+    PackedLinear::new(w, b, out, inp)
+        .ok_or_else(|| BertError::Config(format!("cannot pack a {out}x{inp} linear layer")))
+}
+
+/// The token states of one forward, packed: the inputs' tokens one after another, no padding.
 pub struct BertOutput {
-    /// `[batch, padded_len, hidden]`; rows past an input's length are padding (defined but meaningless).
-    pub hidden: Tensor,
-    /// `[batch, padded_len]`, 1.0 on real tokens and 0.0 on padding.
-    pub mask: Tensor,
+    /// `[total_tokens, hidden]`, row-major; input `i` is rows `offsets[i] .. offsets[i] + lengths[i]`.
+    pub hidden: Vec<f32>,
+    pub hidden_size: usize,
+    /// Each input's first row.
+    pub offsets: Vec<usize>,
     /// Each input's token count.
     pub lengths: Vec<usize>,
 }
 
 impl BertOutput {
-    /// The `[len, hidden]` states of input `i`, padding cut off.
-    pub fn token_states(&self, i: usize) -> BertResult<Tensor> {
-        let len = *self
-            .lengths
-            .get(i)
-            .ok_or_else(|| BertError::InvalidInput(format!("no input {i} in this batch")))?;
-        Ok(self.hidden.get(i)?.narrow(0, 0, len)?)
+    /// The `[len * hidden]` states of input `i`, row-major.
+    pub fn token_states(&self, i: usize) -> BertResult<&[f32]> {
+        match (self.offsets.get(i), self.lengths.get(i)) {
+            (Some(&o), Some(&l)) => {
+                Ok(&self.hidden[o * self.hidden_size..(o + l) * self.hidden_size])
+            }
+            _ => Err(BertError::InvalidInput(format!(
+                "no input {i} in this batch"
+            ))),
+        }
     }
 }
 
 pub struct BertModel {
     pub config: BertConfig,
-    device: Device,
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
-    embed_norm: LayerNorm,
+    word_embeddings: Vec<f32>,
+    position_embeddings: Vec<f32>,
+    /// Token type 0's row.
+    token_type0: Vec<f32>,
+    embed_norm: Norm,
     layers: Vec<Layer>,
-    act: Activation,
+    act: Act,
+    /// Activation buffers kept between forwards (no page faults and zeroing per call); a concurrent
+    /// forward that finds them taken allocates its own.
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    attn: Vec<f32>,
+    inter: Vec<f32>,
 }
 
 impl BertModel {
@@ -277,14 +275,15 @@ impl BertModel {
         Self::from_tensors(config, tensors, device)
     }
 
-    /// Builds the model from named tensors (as [`candle_core::safetensors::load`] gives them).
+    /// Builds the model from named tensors (as [`candle_core::safetensors::load`] gives them). The forward
+    /// runs on the CPU whatever the tensors' device.
     pub fn from_tensors(
         config: BertConfig,
         tensors: HashMap<String, Tensor>,
-        device: &Device,
+        _device: &Device,
     ) -> BertResult<Self> {
         config.validate()?;
-        let act = Activation::parse(&config.hidden_act)?;
+        let act = Activation::parse(&config.hidden_act)?.kernel();
         let prefix = if tensors.contains_key("embeddings.word_embeddings.weight") {
             ""
         } else if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
@@ -303,19 +302,29 @@ impl BertModel {
             "embeddings.position_embeddings.weight",
             &[config.max_position_embeddings, h],
         )?;
-        let token_type_embeddings = w.get(
+        let token_type = w.get(
             "embeddings.token_type_embeddings.weight",
             &[config.type_vocab_size, h],
         )?;
+        let token_type0 = token_type
+            .get(..h)
+            .ok_or_else(|| BertError::Config("type_vocab_size is 0".into()))?
+            .to_vec();
         let embed_norm = w.layer_norm("embeddings.LayerNorm", h, eps)?;
+        let scale = 1.0 / (config.head_dim() as f32).sqrt();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let ff = config.intermediate_size;
+            let (mut qw, mut qb) = w.linear_parts(&format!("{p}.attention.self.query"), h, h)?;
+            qw.iter_mut().for_each(|v| *v *= scale);
+            qb.iter_mut().for_each(|v| *v *= scale);
+            let (kw, kb) = w.linear_parts(&format!("{p}.attention.self.key"), h, h)?;
+            let (vw, vb) = w.linear_parts(&format!("{p}.attention.self.value"), h, h)?;
+            let qkv_w = [qw, kw, vw].concat();
+            let qkv_b = [qb, kb, vb].concat();
             layers.push(Layer {
-                query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                qkv: pack(&qkv_w, &qkv_b, 3 * h, h)?,
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
                 intermediate: w.linear(&format!("{p}.intermediate.dense"), ff, h)?,
@@ -325,13 +334,13 @@ impl BertModel {
         }
         Ok(Self {
             config,
-            device: device.clone(),
             word_embeddings,
             position_embeddings,
-            token_type_embeddings,
+            token_type0,
             embed_norm,
             layers,
             act,
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -344,91 +353,111 @@ impl BertModel {
         self.config.max_position_embeddings
     }
 
-    /// Encodes several token sequences at once (token type 0, positions from 0), padded to the longest with
-    /// id 0 and masked so that padding is invisible to the real tokens.
+    /// Encodes several token sequences at once (token type 0, positions from 0). The sequences are packed
+    /// one after another without padding: the dense layers see only real tokens and attention stays within
+    /// each sequence, so an input's states do not depend on what it is batched with.
     pub fn forward(&self, inputs: &[&[u32]]) -> BertResult<BertOutput> {
         let lengths: Vec<usize> = inputs.iter().map(|t| t.len()).collect();
-        let batch = inputs.len();
-        let seq = lengths.iter().copied().max().unwrap_or(0);
-        if batch == 0 || seq == 0 {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        if longest == 0 {
             return Err(BertError::InvalidInput("empty batch or empty input".into()));
         }
-        if seq > self.config.max_position_embeddings {
+        if longest > self.config.max_position_embeddings {
             return Err(BertError::InvalidInput(format!(
-                "{seq} tokens, more than the model's {} positions",
+                "{longest} tokens, more than the model's {} positions",
                 self.config.max_position_embeddings
             )));
         }
         let vocab = self.config.vocab_size;
-        let mut ids = vec![0u32; batch * seq];
-        let mut mask = vec![0f32; batch * seq];
-        for (b, toks) in inputs.iter().enumerate() {
-            for (i, &t) in toks.iter().enumerate() {
-                if t as usize >= vocab {
-                    return Err(BertError::InvalidInput(format!(
-                        "token id {t} is outside the vocabulary of {vocab}"
-                    )));
+        if let Some(&t) = inputs
+            .iter()
+            .flat_map(|t| t.iter())
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(BertError::InvalidInput(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut offsets = Vec::with_capacity(inputs.len());
+        let mut total = 0;
+        for &l in &lengths {
+            offsets.push(total);
+            total += l;
+        }
+        let seqs: Vec<(usize, usize)> = offsets
+            .iter()
+            .copied()
+            .zip(lengths.iter().copied())
+            .collect();
+        let h = self.config.hidden_size;
+        let ff = self.config.intermediate_size;
+        let heads = self.config.num_attention_heads;
+
+        // Embeddings: word + position + token type 0, then LayerNorm.
+        let mut x = vec![0f32; total * h];
+        for (toks, &(start, _)) in inputs.iter().zip(&seqs) {
+            for (pos, &t) in toks.iter().enumerate() {
+                let row = &mut x[(start + pos) * h..(start + pos + 1) * h];
+                let word = &self.word_embeddings[t as usize * h..(t as usize + 1) * h];
+                let position = &self.position_embeddings[pos * h..(pos + 1) * h];
+                for (((o, w), p), y) in row
+                    .iter_mut()
+                    .zip(word)
+                    .zip(position)
+                    .zip(&self.token_type0)
+                {
+                    *o = w + p + y;
                 }
-                ids[b * seq + i] = t;
-                mask[b * seq + i] = 1.0;
             }
         }
-        let dev = &self.device;
-        let ids = Tensor::from_vec(ids, (batch * seq,), dev)?;
-        let mask = Tensor::from_vec(mask, (batch, seq), dev)?;
+        let n = &self.embed_norm;
+        dense::layer_norm(&mut x, &n.weight, &n.bias, n.eps);
 
-        // Embeddings: word + position + token type 0.
-        let h = self.config.hidden_size;
-        let words = self
-            .word_embeddings
-            .index_select(&ids, 0)?
-            .reshape((batch, seq, h))?;
-        let positions = self.position_embeddings.narrow(0, 0, seq)?;
-        let token_type = self.token_type_embeddings.narrow(0, 0, 1)?;
-        let x = words
-            .broadcast_add(&positions)?
-            .broadcast_add(&token_type)?;
-        let mut x = self.embed_norm.forward(&x)?;
-
-        // Additive key mask [batch, 1, 1, seq]: 0 on real tokens, a large negative on padding, whose
-        // softmax weight is then exactly 0.
-        let bias = ((mask.ones_like()? - &mask)? * (f32::MIN as f64 / 2.0))?
-            .reshape((batch, 1, 1, seq))?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &bias)?;
+        // Every buffer below is fully written before it is read (each row is in some sequence).
+        let mut fresh = Scratch::default();
+        let mut guard = self.scratch.try_lock().ok();
+        let Scratch {
+            qkv,
+            ctx,
+            attn,
+            inter,
+        } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        qkv.resize(total * 3 * h, 0.0);
+        ctx.resize(total * h, 0.0);
+        attn.resize(total * h, 0.0);
+        inter.resize(total * ff, 0.0);
+        let (qkv, ctx, attn, inter) = (
+            &mut qkv[..total * 3 * h],
+            &mut ctx[..total * h],
+            &mut attn[..total * h],
+            &mut inter[..total * ff],
+        );
+        for l in &self.layers {
+            dense::linear(&x, &l.qkv, qkv, &|_, _| {});
+            dense::attention(qkv, &seqs, heads, self.config.head_dim(), ctx);
+            let x_ref = &x;
+            let an = &l.attn_norm;
+            dense::linear(ctx, &l.attn_out, attn, &|r0, block| {
+                let res = &x_ref[r0 * h..r0 * h + block.len()];
+                dense::residual_layer_norm(block, res, &an.weight, &an.bias, an.eps);
+            });
+            let act = self.act;
+            dense::linear(attn, &l.intermediate, inter, &|_, block| {
+                dense::apply_activation(block, act)
+            });
+            let attn_ref = &*attn;
+            let on = &l.out_norm;
+            dense::linear(inter, &l.output, &mut x, &|r0, block| {
+                let res = &attn_ref[r0 * h..r0 * h + block.len()];
+                dense::residual_layer_norm(block, res, &on.weight, &on.bias, on.eps);
+            });
         }
         Ok(BertOutput {
             hidden: x,
-            mask,
+            hidden_size: h,
+            offsets,
             lengths,
         })
-    }
-
-    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> BertResult<Tensor> {
-        let (batch, seq, h) = x.dims3()?;
-        let heads = self.config.num_attention_heads;
-        let hd = self.config.head_dim();
-        let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((batch, seq, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(l.query.forward(x)?)?;
-        let k = split(l.key.forward(x)?)?;
-        let v = split(l.value.forward(x)?)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch, seq, h))?;
-        let attn = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + x)?)?;
-        let ff = self.act.apply(&l.intermediate.forward(&attn)?)?;
-        Ok(l.out_norm.forward(&(l.output.forward(&ff)? + &attn)?)?)
     }
 }
 
@@ -495,17 +524,12 @@ mod tests {
         m
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .flatten_all()
-            .expect("flat")
-            .max(0)
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("scalar")
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -515,23 +539,16 @@ mod tests {
             BertModel::from_tensors(c.clone(), tiny_tensors(&c, ""), &Device::Cpu).expect("model");
         let a: &[u32] = &[1, 5, 7, 2];
         let b: &[u32] = &[1, 3, 2];
-        let alone_b = m
-            .forward(&[b])
-            .expect("forward")
-            .token_states(0)
-            .expect("b");
+        let alone = m.forward(&[b]).expect("forward");
+        let alone_b = alone.token_states(0).expect("b");
         let both = m.forward(&[a, b]).expect("forward");
-        assert_eq!(both.hidden.dims(), &[2, 4, 8]);
+        assert_eq!(both.hidden.len(), 7 * 8);
         let batched_b = both.token_states(1).expect("b");
-        assert_eq!(batched_b.dims(), &[3, 8]);
-        assert!(max_abs_diff(&alone_b, &batched_b) < 1e-5);
+        assert_eq!(batched_b.len(), 3 * 8);
+        assert!(max_abs_diff(alone_b, batched_b) < 1e-5);
         // And the states do depend on the input (the check above is not vacuous).
-        let other = m
-            .forward(&[&[1, 4, 2]])
-            .expect("forward")
-            .token_states(0)
-            .expect("o");
-        assert!(max_abs_diff(&alone_b, &other) > 1e-3);
+        let other = m.forward(&[&[1, 4, 2]]).expect("forward");
+        assert!(max_abs_diff(alone_b, other.token_states(0).expect("o")) > 1e-3);
     }
 
     #[test]

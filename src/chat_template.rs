@@ -40,6 +40,15 @@ impl ChatMessage {
     }
 }
 
+/// Python's `", "` before every item but the first.
+fn item_separator<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
+    }
+}
+
 /// serde_json formatting with Python `json.dumps` separators (`", "` and `": "`).
 struct PythonJsonFormatter;
 
@@ -49,22 +58,14 @@ impl serde_json::ser::Formatter for PythonJsonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
     fn begin_object_key<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
     fn begin_object_value<W: ?Sized + std::io::Write>(
         &mut self,

@@ -201,6 +201,16 @@ struct ChoiceOut {
     tokens: usize,
 }
 
+impl ChoiceOut {
+    /// Appends a piece's text and log-probabilities; says whether it carried log-probabilities.
+    fn absorb(&mut self, text: &str, logprobs: Vec<TokenLogprob>) -> bool {
+        self.text.push_str(text);
+        let any = !logprobs.is_empty();
+        self.logprobs.extend(logprobs);
+        any
+    }
+}
+
 async fn run(
     state: Shared,
     model: String,
@@ -338,12 +348,7 @@ async fn collect_response(
                 index,
                 text,
                 logprobs,
-            } => {
-                let o = &mut outs[index];
-                o.text.push_str(&text);
-                want_logprobs |= !logprobs.is_empty();
-                o.logprobs.extend(logprobs);
-            }
+            } => want_logprobs |= outs[index].absorb(&text, logprobs),
             Piece::End {
                 index,
                 text,
@@ -352,9 +357,7 @@ async fn collect_response(
                 completion_tokens,
             } => {
                 let o = &mut outs[index];
-                o.text.push_str(&text);
-                want_logprobs |= !logprobs.is_empty();
-                o.logprobs.extend(logprobs);
+                want_logprobs |= o.absorb(&text, logprobs);
                 o.finish = Some(reason);
                 o.tokens = completion_tokens;
                 ended += 1;

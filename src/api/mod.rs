@@ -39,6 +39,8 @@ pub struct ServedModel {
 pub struct Models {
     pub generative: BTreeMap<String, ServedModel>,
     pub embedders: BTreeMap<String, ServedEmbedder>,
+    /// Unix time the models were loaded (the `created` of /v1/models).
+    pub loaded_at: u64,
 }
 
 pub struct AppState {
@@ -293,9 +295,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // Load on a blocking thread while /health already answers.
     let loader_state = state.clone();
     let load_cfg = cfg.clone();
-    let models = tokio::task::spawn_blocking(move || load_all(&load_cfg, &loader_state))
+    let mut models = tokio::task::spawn_blocking(move || load_all(&load_cfg, &loader_state))
         .await
         .context("the model loader failed")??;
+    models.loaded_at = completions::now();
     if state.models.set(models).is_err() {
         anyhow::bail!("models were loaded twice");
     }

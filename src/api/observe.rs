@@ -30,7 +30,17 @@ pub async fn count_requests(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
+    let start = std::time::Instant::now();
     let resp = next.run(req).await;
+    // For streams this is the time to the response head; the body may run on.
+    tracing::info!(
+        target: "inhaus::http",
+        %method,
+        %route,
+        status = resp.status().as_u16(),
+        ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3),
+        "request"
+    );
     state
         .http_requests
         .get_or_create(&HttpLabels {

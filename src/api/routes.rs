@@ -41,8 +41,8 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-fn model_object(id: &str) -> Value {
-    json!({ "id": id, "object": "model", "created": 0, "owned_by": "inhaus" })
+fn model_object(id: &str, created: u64) -> Value {
+    json!({ "id": id, "object": "model", "created": created, "owned_by": "inhaus" })
 }
 
 async fn list_models(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -51,7 +51,7 @@ async fn list_models(State(state): State<Shared>) -> Result<Response, ApiError> 
         .generative
         .keys()
         .chain(models.embedders.keys())
-        .map(|id| model_object(id))
+        .map(|id| model_object(id, models.loaded_at))
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
@@ -62,19 +62,34 @@ async fn get_model(
 ) -> Result<Response, ApiError> {
     let models = state.models()?;
     if models.generative.contains_key(&id) || models.embedders.contains_key(&id) {
-        Ok(Json(model_object(&id)).into_response())
+        Ok(Json(model_object(&id, models.loaded_at)).into_response())
     } else {
         Err(ApiError::model_not_found(&id))
     }
 }
 
+/// 200 when every model is loaded and every engine thread runs; 503 while loading, or with the
+/// models whose engine has stopped (so a load balancer takes the instance out).
 async fn ready(State(state): State<Shared>) -> Response {
-    if state.is_ready() {
+    let Ok(models) = state.models() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "loading" })),
+        )
+            .into_response();
+    };
+    let stopped: Vec<&String> = models
+        .generative
+        .iter()
+        .filter(|(_, m)| !m.engine.is_alive())
+        .map(|(name, _)| name)
+        .collect();
+    if stopped.is_empty() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "loading" })),
+            Json(json!({ "status": "engine stopped", "models": stopped })),
         )
             .into_response()
     }

@@ -67,6 +67,11 @@ impl EngineHandle {
         })
     }
 
+    /// Whether the engine thread still runs (it only ends on shutdown, or by a bug).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Queues a request; its tokens and its end arrive on the returned stream.
     pub fn submit(&self, req: GenerationRequest) -> Result<RequestStream, SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;

@@ -83,3 +83,27 @@ fn gemma_chat_prompt_tokenizes_with_single_bos() {
     assert_eq!(start_of_turn.len(), 1, "<start_of_turn> is one token");
     assert_eq!(ids[1], start_of_turn[0]);
 }
+
+/// Tools, tool calls and tool results render as transformers renders them (tojson's separators,
+/// no HTML escaping, key order), from scripts/reference/make_tool_template_fixture.py.
+#[test]
+fn qwen_template_with_tools_renders_like_transformers() {
+    let alias = "qwen2.5-coder-0.5b-instruct";
+    let m = model(alias);
+    let t = m.chat_template.as_ref().expect("model has a chat template");
+    let fx = fixture(alias, "chat_template_tools.json");
+    let cases = fx["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 4);
+    for (i, case) in cases.iter().enumerate() {
+        let msgs = messages(&case["messages"]);
+        let agp = case["add_generation_prompt"].as_bool().expect("flag");
+        let got = t
+            .render_with_tools(&msgs, agp, Some(&case["tools"]))
+            .expect("render");
+        assert_eq!(
+            got,
+            case["rendered"].as_str().expect("rendered"),
+            "{alias} tools case {i}"
+        );
+    }
+}

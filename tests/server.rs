@@ -56,10 +56,21 @@ fn server_with(args: &[&str]) -> Server {
 
 /// One HTTP/1.1 request; returns (status, headers, body).
 fn http(srv: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
-    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    request(&srv.addr, method, path, body, "")
+}
+
+/// One HTTP/1.1 request to `addr` with extra header lines (each ending in `\r\n`).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("send");
@@ -319,54 +330,26 @@ fn config_file_sets_keys_and_limits_and_flags_override_it() {
     .expect("write config");
     // `--port 0` on the command line overrides the file's port 1.
     let srv = server_with(&["--config", cfg.to_str().expect("utf-8 path")]);
-    let get = |auth: Option<&str>| {
-        let mut s = TcpStream::connect(&srv.addr).expect("connect");
-        let auth = auth
-            .map(|k| format!("Authorization: Bearer {k}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET /v1/models HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    };
-    assert!(
-        get(None).starts_with("HTTP/1.1 401"),
-        "no key: {}",
-        get(None)
-    );
-    assert!(get(Some("sk-wrong")).starts_with("HTTP/1.1 401"));
-    assert!(get(Some("sk-file-key")).starts_with("HTTP/1.1 200"));
+    let key = "Authorization: Bearer sk-file-key\r\n";
+    let models = |headers: &str| request(&srv.addr, "GET", "/v1/models", None, headers);
+    let (status, _, body) = models("");
+    assert_eq!(status, 401, "no key: {body}");
+    assert_eq!(models("Authorization: Bearer sk-wrong\r\n").0, 401);
+    assert_eq!(models(key).0, 200);
     let (status, _, body) = http(&srv, "GET", "/health", None);
     assert_eq!(status, 200, "health stays public: {body}");
     // The 2 KiB body limit from the file: a bigger body is a 413 error object.
     let big = json!({ "model": ALIAS, "prompt": "a".repeat(4096) }).to_string();
-    let mut s = TcpStream::connect(&srv.addr).expect("connect");
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-file-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
-        big.len()
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    assert!(out.contains("\"error\""), "an OpenAI error object: {out}");
+    let (status, _, body) = request(&srv.addr, "POST", "/v1/completions", Some(&big), key);
+    assert_error(
+        status,
+        &serde_json::from_str(&body).expect("an OpenAI error object"),
+        413,
+    );
     // n above max_num_seqs (4, from the file) is refused up front.
-    let mut s = TcpStream::connect(&srv.addr).expect("connect");
     let body = json!({ "model": ALIAS, "prompt": "x", "n": 5, "max_tokens": 1 }).to_string();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-file-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let (status, _, text) = request(&srv.addr, "POST", "/v1/completions", Some(&body), key);
+    assert_eq!(status, 400, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -524,18 +507,7 @@ fn a_full_queue_answers_429_with_retry_after_and_others_are_served() {
     let second = {
         let addr = srv.addr.clone();
         let body = body.clone();
-        std::thread::spawn(move || {
-            let mut s = TcpStream::connect(&addr).expect("connect");
-            write!(
-                s,
-                "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .expect("send");
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("read");
-            out
-        })
+        std::thread::spawn(move || request(&addr, "POST", "/v1/completions", Some(&body), ""))
     };
     wait_for("the second request to wait", || {
         metric(&srv, "inhaus:num_requests_waiting") == 1.0
@@ -545,9 +517,6 @@ fn a_full_queue_answers_429_with_retry_after_and_others_are_served() {
     assert_error(status, &v, 429);
     assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     drop(first);
-    let out = second.join().expect("second client");
-    assert!(
-        out.starts_with("HTTP/1.1 200"),
-        "the waiting request is served: {out}"
-    );
+    let (status, _, text) = second.join().expect("second client");
+    assert_eq!(status, 200, "the waiting request is served: {text}");
 }

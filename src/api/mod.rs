@@ -184,6 +184,9 @@ fn load_one(arg: &str) -> anyhow::Result<Loaded> {
         }
     };
     if is_embedding {
+        if let (Some(n), Some(_)) = (&name, entry) {
+            anyhow::bail!("`{n}={target}`: rename catalog embedding models by path, not alias");
+        }
         let e = match (entry, &name) {
             (None, Some(n)) => {
                 let p = Path::new(target);
@@ -197,11 +200,6 @@ fn load_one(arg: &str) -> anyhow::Result<Loaded> {
             _ => Embedder::load(target),
         }
         .with_context(|| format!("loading embedding model {target}"))?;
-        if let Some(n) = name {
-            if entry.is_some() {
-                anyhow::bail!("`{n}={target}`: rename catalog embedding models by path, not alias");
-            }
-        }
         return Ok(Loaded::Embedding(Box::new(e)));
     }
     let mut m = loader::load(target).with_context(|| format!("loading model {target}"))?;

@@ -193,7 +193,6 @@ pub struct Engine<'m, M: StepModel = Transformer> {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     next_id: u64,
-    stats: EngineStats,
     metrics: EngineMetrics,
     /// Prefix-cache counters already added to `metrics`.
     synced_prefix: PrefixCacheStats,
@@ -211,7 +210,6 @@ impl<'m, M: StepModel> Engine<'m, M> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
-            stats: EngineStats::default(),
             metrics: EngineMetrics::default(),
             synced_prefix: PrefixCacheStats::default(),
         }
@@ -226,8 +224,13 @@ impl<'m, M: StepModel> Engine<'m, M> {
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
+    /// The engine's counters, read from its metrics (the one place they are kept).
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        EngineStats {
+            preemptions: self.metrics.preemptions.get(),
+            prompt_tokens: self.metrics.prompt_tokens.get(),
+            generation_tokens: self.metrics.generation_tokens.get(),
+        }
     }
     pub fn num_running(&self) -> usize {
         self.running.len()
@@ -268,7 +271,6 @@ impl<'m, M: StepModel> Engine<'m, M> {
         }
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        self.stats.prompt_tokens += req.prompt.len() as u64;
         self.metrics.prompt_tokens.inc_by(req.prompt.len() as u64);
         let sampler = choice_sampler(&req.sampling, &req.prompt, 0);
         self.waiting.push_back(Seq {
@@ -412,7 +414,6 @@ impl<'m, M: StepModel> Engine<'m, M> {
             // A copy queued for the victim's block is moot: the block is freed with the rest.
             copies.retain(|&(_, dst)| !victim.table.contains(&dst));
             self.release(&mut victim);
-            self.stats.preemptions += 1;
             self.metrics.preemptions.inc();
             tracing::debug!(seq = victim.id.0, "preempted");
             self.waiting.push_front(victim);
@@ -457,12 +458,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
     }
 
     /// Samples `seq`'s next token from `row`, streams it, and says whether the sequence is done.
-    fn emit_token(
-        seq: &mut Seq,
-        row: &[f32],
-        metrics: &EngineMetrics,
-        stats: &mut EngineStats,
-    ) -> Option<FinishReason> {
+    fn emit_token(seq: &mut Seq, row: &[f32], metrics: &EngineMetrics) -> Option<FinishReason> {
         let banned: &[u32] = if seq.generated() < seq.min_tokens {
             &seq.stop_ids
         } else {
@@ -476,7 +472,6 @@ impl<'m, M: StepModel> Engine<'m, M> {
             .logprobs
             .map(|k| token_logprobs(row, tok, k));
         seq.tokens.push(tok);
-        stats.generation_tokens += 1;
         metrics.generation_tokens.inc();
         let now = Instant::now();
         match seq.last_token_at {
@@ -594,13 +589,13 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 self.fork_children(i)
             };
             for mut child in children.drain(..) {
-                match Self::emit_token(&mut child, row, &self.metrics, &mut self.stats) {
+                match Self::emit_token(&mut child, row, &self.metrics) {
                     Some(r) => self.finish(&mut child, r),
                     None => forked.push(child),
                 }
             }
             let seq = &mut self.running[i];
-            if let Some(r) = Self::emit_token(seq, row, &self.metrics, &mut self.stats) {
+            if let Some(r) = Self::emit_token(seq, row, &self.metrics) {
                 finished.push((i, r));
             }
         }

@@ -220,11 +220,11 @@ async fn run(
     tool_names: Vec<String>,
 ) -> Result<Response, ApiError> {
     let served = state.generative(&model)?;
-    let requests = prompts
-        .iter()
-        .map(|p| spec.request(served, p.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let requests = prompts
+        .into_iter()
+        .map(|p| spec.request(served, p))
+        .collect::<Result<Vec<_>, _>>()?;
     // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
     let submitted = {
         let state = state.clone();

@@ -223,8 +223,8 @@ pub fn validate(
         }
         m => m.unwrap_or(0) as usize,
     };
-    if let (Some(min), Some(max)) = (Some(min_tokens), max_tokens) {
-        if min > max {
+    if let Some(max) = max_tokens {
+        if min_tokens > max {
             return Err(ApiError::invalid(
                 "min_tokens must not exceed max_tokens.",
                 Some("min_tokens"),

@@ -96,3 +96,38 @@ fn too_many_tokens_is_a_clear_error_not_an_allocation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("exceeds the model's context"), "{stderr}");
 }
+
+#[test]
+fn bad_serve_settings_are_clear_errors_before_anything_loads() {
+    let dir = std::env::temp_dir().join(format!("inhaus-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "port = 8080\nkv_cache_mib = 64\n").expect("write config");
+    let out = inhaus(&["serve", "--config", cfg.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown field `kv_cache_mib`") && err.contains("kv_cache_memory"),
+        "names the bad key and the known ones: {err}"
+    );
+    std::fs::write(&cfg, "max_body = \"2 parsecs\"\n").expect("write config");
+    let out = inhaus(&["serve", "--config", cfg.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown size unit"),
+        "{err}"
+    );
+    let out = inhaus(&["serve", "--kv-cache-memory", "lots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a size"),
+        "{err}"
+    );
+    let out = inhaus(&["fetch", "no-such-model"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown model alias `no-such-model`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -151,6 +151,17 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// How the template shows the model's tool calls (and so how the model writes them).
+    pub tool_format: ToolCallFormat,
+}
+
+/// The way a model writes a function call, as its chat template shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (Hermes; Qwen 2.5).
+    Hermes,
+    /// A bare JSON object `{"name": ..., "arguments": {...}}` (templates without call markup).
+    BareJson,
 }
 
 fn raise_exception(msg: String) -> Result<Value, minijinja::Error> {
@@ -168,10 +179,16 @@ impl ChatTemplate {
         env.add_filter("tojson", python_tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ChatTemplateError::Render(e.to_string()))?;
+        let tool_format = if source.contains("<tool_call>") {
+            ToolCallFormat::Hermes
+        } else {
+            ToolCallFormat::BareJson
+        };
         Ok(Self {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            tool_format,
         })
     }
 

@@ -8,5 +8,6 @@ pub mod chat_template;
 pub mod embeddings;
 pub mod engine;
 pub mod fetch;
+pub mod grammar;
 pub mod loader;
 pub mod tokenizer;

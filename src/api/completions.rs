@@ -2,13 +2,18 @@
 //! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
+use super::constraints::{self, OutputGrammar};
 use super::errors::ApiError;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::pump::{pump, Piece, TokenLogprob};
-use super::tools::{ToolCall, ToolCallSplitter};
-use super::AppState;
+use super::tool_choice::ToolPlan;
+use super::tools::{StreamPiece, ToolCall, ToolCallSplitter, ToolCallStreamer};
+use super::{AppState, ServedModel};
+use crate::chat_template::ToolCallFormat;
+use crate::engine::constraint::{Constraint, ConstraintMode};
 use crate::engine::handle::SubmitError;
 use crate::engine::scheduler::{AdmissionError, CancelHandle};
+use crate::grammar::GrammarSpec;
 use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -97,36 +102,87 @@ pub async fn chat_completions(
         }
         _ => None,
     };
-    let format = body.response_format.as_ref().and_then(|f| f.get("type"));
-    if let Some(t) = format.and_then(Value::as_str).filter(|&t| t != "text") {
-        return Err(ApiError::unsupported(
-            format!("response_format `{t}` is not supported yet; only `text`."),
-            "response_format",
-        ));
-    }
-    let spec = params::validate(&body.common, served, logprobs)?;
-    let tools = body.active_tools()?;
-    let prompt = params::chat_prompt(served, &body.messages, true, tools.as_ref())?;
+    let mut spec = params::validate(&body.common, served, logprobs)?;
+    let tools = body.tool_plan()?;
+    let output = body.common.constraints.output_grammar()?;
     let kind = if tools.is_some() {
         Kind::ChatWithTools
     } else {
         Kind::Chat
     };
-    let tool_names: Vec<String> = tools
+    let tool_names = tools.as_ref().map(ToolPlan::names).unwrap_or_default();
+    let model = body.common.model;
+    let messages = body.messages;
+    // Rendering, tokenizing and compiling a grammar are CPU work: off the async workers.
+    let (prompt, constraint) = blocking(&state, &model, move |served| {
+        let raw = tools.as_ref().map(|t| &t.raw);
+        let prompt = params::chat_prompt(served, &messages, true, raw)?;
+        let constraint = chat_constraint(served, tools.as_ref(), output)?;
+        Ok((prompt, constraint))
+    })
+    .await?;
+    spec.constraint = constraint;
+    run(state, model, spec, vec![prompt], kind, tool_names).await
+}
+
+/// Runs `f` with the served model on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    state: &Shared,
+    model: &str,
+    f: impl FnOnce(&ServedModel) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    let model = model.to_string();
+    tokio::task::spawn_blocking(move || f(state.generative(&model)?))
+        .await
+        .unwrap_or_else(|_| Err(ApiError::internal("request preparation failed")))
+}
+
+/// The constraint of a chat reply: forced tool calls; else the requested output format (or, with
+/// `auto` tools in the Hermes format, that format or calls); else the rest of any call the model
+/// opens by itself.
+fn chat_constraint(
+    served: &ServedModel,
+    tools: Option<&ToolPlan>,
+    output: Option<OutputGrammar>,
+) -> Result<Option<Constraint>, ApiError> {
+    let format = served
+        .loaded
+        .chat_template
+        .as_ref()
+        .map_or(ToolCallFormat::BareJson, |t| t.tool_format);
+    let tok = &served.loaded.tokenizer;
+    let open = tok
+        .tokens
         .iter()
-        .flat_map(|t| t.as_array().into_iter().flatten())
-        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect();
-    run(
-        state.clone(),
-        body.common.model,
-        spec,
-        vec![prompt],
-        kind,
-        tool_names,
-    )
-    .await
+        .position(|t| t == "<tool_call>")
+        .map(|i| i as u32)
+        .filter(|&id| !tok.is_control(id));
+    let whole = ConstraintMode::Whole;
+    let chosen = match (tools, output) {
+        (Some(plan), _) if plan.forced() => plan
+            .grammar(format, open)
+            .map(|(g, mode)| (g, "tools", mode)),
+        (Some(plan), Some(out)) => {
+            let answer = match &out.spec {
+                GrammarSpec::JsonSchema(s) => Some(s.clone()),
+                GrammarSpec::JsonObject => Some(serde_json::json!({"type": "object"})),
+                _ => None,
+            };
+            match answer.and_then(|a| plan.grammar_or_answer(format, &a)) {
+                Some(g) => Some((g, out.param, whole)),
+                None => Some((out.spec, out.param, whole)),
+            }
+        }
+        (Some(plan), None) => plan
+            .grammar(format, open)
+            .map(|(g, mode)| (g, "tools", mode)),
+        (None, Some(out)) => Some((out.spec, out.param, whole)),
+        (None, None) => None,
+    };
+    chosen
+        .map(|(spec, param, mode)| constraints::compile(served, &spec, param, mode))
+        .transpose()
 }
 
 pub async fn completions(
@@ -156,17 +212,20 @@ pub async fn completions(
             ))
         }
     };
-    let spec = params::validate(&body.common, served, logprobs)?;
-    let prompts = params::completion_prompts(served, &body.prompt)?;
-    run(
-        state.clone(),
-        body.common.model,
-        spec,
-        prompts,
-        Kind::Completion,
-        Vec::new(),
-    )
-    .await
+    let mut spec = params::validate(&body.common, served, logprobs)?;
+    let output = body.common.constraints.output_grammar()?;
+    let model = body.common.model;
+    let prompt = body.prompt;
+    let (prompts, constraint) = blocking(&state, &model, move |served| {
+        let prompts = params::completion_prompts(served, &prompt)?;
+        let constraint = output
+            .map(|o| constraints::compile(served, &o.spec, o.param, ConstraintMode::Whole))
+            .transpose()?;
+        Ok((prompts, constraint))
+    })
+    .await?;
+    spec.constraint = constraint;
+    run(state, model, spec, prompts, Kind::Completion, Vec::new()).await
 }
 
 /// Cancels every submitted request when dropped (the handler or stream task went away).
@@ -415,6 +474,41 @@ async fn collect_response(
     .into_response()
 }
 
+/// The chunks' choice entries for a choice's pieces: content (with the piece's log-probabilities
+/// on the first entry; alone when there is no text) and tool-call deltas.
+fn stream_choices(
+    choice: &impl Fn(usize, Option<&str>, &[TokenLogprob], usize, Option<&str>) -> Value,
+    index: usize,
+    pieces: Vec<StreamPiece>,
+    logprobs: Vec<TokenLogprob>,
+    offset: &mut usize,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut lp = Some(logprobs);
+    for p in pieces {
+        match p {
+            StreamPiece::Content(t) if t.is_empty() => {}
+            StreamPiece::Content(t) => {
+                let l = lp.take().unwrap_or_default();
+                out.push(choice(index, Some(&t), &l, *offset, None));
+                *offset += t.chars().count();
+            }
+            StreamPiece::CallStart { index: k, id, name } => {
+                let d = json!({ "index": k, "id": id, "type": "function", "function": { "name": name, "arguments": "" } });
+                out.push(json!({ "index": index, "delta": { "tool_calls": [d] }, "logprobs": null, "finish_reason": null }));
+            }
+            StreamPiece::CallArgs { index: k, text } => {
+                let d = json!({ "index": k, "function": { "arguments": text } });
+                out.push(json!({ "index": index, "delta": { "tool_calls": [d] }, "logprobs": null, "finish_reason": null }));
+            }
+        }
+    }
+    if let Some(l) = lp.filter(|l| !l.is_empty()) {
+        out.push(choice(index, Some(""), &l, *offset, None));
+    }
+    out
+}
+
 fn stream_response(
     meta: Meta,
     total: usize,
@@ -486,8 +580,8 @@ fn stream_response(
             }
         }
         let mut offsets = vec![0usize; total];
-        let mut splitters: Vec<ToolCallSplitter> = (0..total)
-            .map(|_| ToolCallSplitter::new(tool_names.clone()))
+        let mut streamers: Vec<Option<ToolCallStreamer>> = (0..total)
+            .map(|_| Some(ToolCallStreamer::new(tool_names.clone())))
             .collect();
         let with_tools = kind == Kind::ChatWithTools;
         let mut completion_tokens = 0;
@@ -504,18 +598,14 @@ fn stream_response(
                     text,
                     logprobs,
                 } => {
-                    let text = if with_tools {
-                        splitters[index].push(&text)
-                    } else {
-                        text
+                    let pieces = match streamers[index].as_mut() {
+                        Some(st) if with_tools => st.push(&text),
+                        _ => vec![StreamPiece::Content(text)],
                     };
-                    if text.is_empty() && logprobs.is_empty() {
-                        continue;
-                    }
-                    let c = choice(index, Some(&text), &logprobs, offsets[index], None);
-                    offsets[index] += text.chars().count();
-                    if !send(chunk(json!([c]), None)).await {
-                        return;
+                    for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
+                        if !send(chunk(json!([c]), None)).await {
+                            return;
+                        }
                     }
                 }
                 Piece::End {
@@ -525,34 +615,21 @@ fn stream_response(
                     reason,
                     completion_tokens: n,
                 } => {
-                    let (text, calls) = if with_tools {
-                        let split = &mut splitters[index];
-                        let mut t = split.push(&text);
-                        let (rest, calls) = std::mem::take(split).finish();
-                        t.push_str(&rest);
-                        (t, calls)
-                    } else {
-                        (text, Vec::new())
+                    let (pieces, called) = match streamers[index].take() {
+                        Some(mut st) if with_tools => {
+                            let mut pieces = st.push(&text);
+                            let (rest, called) = st.finish();
+                            pieces.extend(rest);
+                            (pieces, called)
+                        }
+                        _ => (vec![StreamPiece::Content(text)], false),
                     };
-                    if !text.is_empty() || !logprobs.is_empty() {
-                        let c = choice(index, Some(&text), &logprobs, offsets[index], None);
+                    for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
                         if !send(chunk(json!([c]), None)).await {
                             return;
                         }
                     }
-                    let mut reason = reason;
-                    if !calls.is_empty() {
-                        let deltas: Vec<Value> = calls
-                            .iter()
-                            .enumerate()
-                            .map(|(k, c)| c.to_delta(k))
-                            .collect();
-                        let c = json!({ "index": index, "delta": { "tool_calls": deltas }, "logprobs": null, "finish_reason": null });
-                        if !send(chunk(json!([c]), None)).await {
-                            return;
-                        }
-                        reason = "tool_calls";
-                    }
+                    let reason = if called { "tool_calls" } else { reason };
                     let c = choice(index, None, &[], 0, Some(reason));
                     if !send(chunk(json!([c]), None)).await {
                         return;

@@ -5,6 +5,7 @@
 //! framework's plain-text reply.
 pub mod auth;
 pub mod completions;
+pub mod constraints;
 pub mod embeddings;
 pub mod errors;
 pub mod observe;
@@ -12,12 +13,14 @@ pub mod params;
 pub mod pump;
 pub mod routes;
 pub mod tokenize;
+pub mod tool_choice;
 pub mod tools;
 
 use crate::embeddings::Embedder;
 use crate::engine::handle::EngineHandle;
 use crate::engine::metrics::EngineMetricFamilies;
 use crate::engine::scheduler::EngineConfig;
+use crate::grammar::{GrammarCompiler, VocabEnv};
 use crate::loader::{self, LoadedModel};
 use anyhow::Context;
 use embeddings::ServedEmbedder;
@@ -32,6 +35,8 @@ use std::time::Duration;
 pub struct ServedModel {
     pub loaded: Arc<LoadedModel>,
     pub engine: EngineHandle,
+    /// Compiles (and caches) the grammars of constrained requests over this model's vocabulary.
+    pub grammars: GrammarCompiler,
 }
 
 /// Everything loaded, by the name clients use in `model`.
@@ -249,15 +254,22 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                     mib = (ecfg.num_blocks * per_block) >> 20,
                     "KV cache"
                 );
+                let grammars = GrammarCompiler::new(VocabEnv::new(&loaded.tokenizer, c.vocab))
+                    .context("setting up constrained decoding")?;
                 let engine = EngineHandle::spawn(
                     loaded.clone(),
                     ecfg,
                     state.engine_metrics.for_model(&name),
                 )
                 .context("starting the engine thread")?;
-                models
-                    .generative
-                    .insert(name, ServedModel { loaded, engine });
+                models.generative.insert(
+                    name,
+                    ServedModel {
+                        loaded,
+                        engine,
+                        grammars,
+                    },
+                );
             }
         }
     }

@@ -2,9 +2,12 @@
 //! parameters plus the common extensions (top_k, min_p, repetition_penalty, min_tokens, ignore_eos),
 //! checked into a `GenSpec`; prompts from text, token arrays or chat messages. Unknown fields are
 //! ignored; a wrong value is a 400 that names the parameter.
+use super::constraints::ConstraintParams;
 use super::errors::ApiError;
+use super::tool_choice::{self, ToolPlan};
 use super::ServedModel;
 use crate::chat_template::ChatMessage;
+use crate::engine::constraint::Constraint;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::scheduler::{GenerationRequest, MAX_CHOICES};
 use serde::Deserialize;
@@ -45,6 +48,9 @@ pub struct CommonParams {
     ignore_eos: Option<bool>,
     min_tokens: Option<i64>,
     n: Option<i64>,
+    /// `response_format` and vLLM's `structured_outputs` / `guided_*`.
+    #[serde(flatten)]
+    pub constraints: ConstraintParams,
 }
 
 impl CommonParams {
@@ -69,45 +75,21 @@ pub struct ChatBody {
     pub messages: Vec<Value>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
-    pub response_format: Option<Value>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
 
 impl ChatBody {
-    /// The tool definitions to show the model: none with `tool_choice: "none"`; `auto` (the
-    /// default) lets the model decide. Forcing a call is not supported yet.
-    pub fn active_tools(&self) -> Result<Option<Value>, ApiError> {
-        let tools = match &self.tools {
-            Some(t) if !t.is_empty() => t,
-            _ => return Ok(None),
-        };
-        match &self.tool_choice {
-            None => {}
-            Some(Value::String(c)) if c == "auto" => {}
-            Some(Value::String(c)) if c == "none" => return Ok(None),
-            Some(_) => {
-                return Err(ApiError::unsupported(
-                    "tool_choice other than `auto` or `none` is not supported yet.",
-                    "tool_choice",
-                ))
-            }
-        }
-        for (i, t) in tools.iter().enumerate() {
-            let ok = t.get("type").and_then(Value::as_str) == Some("function")
-                && t.pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .is_some();
-            if !ok {
-                return Err(ApiError::invalid(
-                    format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."),
-                    Some("tools"),
-                ));
-            }
-        }
-        Ok(Some(Value::Array(tools.clone())))
+    /// The tools that take part in this request (none with `tool_choice: "none"`), checked.
+    pub fn tool_plan(&self) -> Result<Option<ToolPlan>, ApiError> {
+        tool_choice::plan(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )
     }
 }
 
@@ -140,6 +122,8 @@ pub struct GenSpec {
     pub stops: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The grammar the output must follow (compiled), if any.
+    pub constraint: Option<Constraint>,
 }
 
 fn check_range(v: Option<f32>, lo: f32, hi: f32, name: &'static str) -> Result<(), ApiError> {
@@ -175,14 +159,8 @@ pub fn validate(
         None => None,
     };
     check_range(c.temperature, 0.0, 2.0, "temperature")?;
-    if let Some(p) = c.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(ApiError::invalid(
-                format!("top_p must be in (0, 1]; got {p}."),
-                Some("top_p"),
-            ));
-        }
-    }
+    // top_p 0 is valid (as in OpenAI's API): only the most likely token is kept.
+    check_range(c.top_p, 0.0, 1.0, "top_p")?;
     check_range(c.min_p, 0.0, 1.0, "min_p")?;
     check_range(c.presence_penalty, -2.0, 2.0, "presence_penalty")?;
     check_range(c.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
@@ -282,6 +260,7 @@ pub fn validate(
         n,
         stops,
         stream,
+        constraint: None,
         include_usage: stream
             && c.stream_options
                 .as_ref()
@@ -319,6 +298,7 @@ impl GenSpec {
             stop_ids: served.loaded.tokenizer.stop_ids.clone(),
             ignore_eos: self.ignore_eos,
             n: self.n,
+            constraint: self.constraint.clone(),
         })
     }
 }

@@ -100,8 +100,11 @@ impl ToolCallSplitter {
             return (self.held, Vec::new());
         }
         let mut calls = Vec::new();
+        // Text between and after the calls is kept as content.
+        let mut outside = String::new();
         let mut rest = self.held.as_str();
         while let Some(start) = rest.find(OPEN) {
+            outside.push_str(&rest[..start]);
             let body = &rest[start + OPEN.len()..];
             let (inner, next) = match body.find(CLOSE) {
                 Some(end) => (&body[..end], &body[end + CLOSE.len()..]),
@@ -112,27 +115,260 @@ impl ToolCallSplitter {
             }
             rest = next;
         }
+        outside.push_str(rest);
         if calls.is_empty() {
             (self.held, calls)
-        } else {
+        } else if outside.trim().is_empty() {
             (String::new(), calls)
+        } else {
+            (outside.trim().to_string(), calls)
         }
     }
 }
 
-fn parse_call(inner: &str) -> Option<ToolCall> {
-    let v: Value = serde_json::from_str(inner.trim()).ok()?;
-    let name = v.get("name")?.as_str()?.to_string();
-    let arguments = match v.get("arguments").or_else(|| v.get("parameters")) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => "{}".into(),
+/// A call's JSON object as the model wrote it; `arguments` kept as its raw text.
+#[derive(serde::Deserialize)]
+struct RawCall<'a> {
+    name: String,
+    #[serde(borrow, default)]
+    arguments: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The name and the raw `arguments` text of a call object (a JSON string holding the arguments
+/// is unwrapped). The raw text is what streaming sends in pieces, so both forms agree.
+fn split_call(inner: &str) -> Option<(String, String)> {
+    let c: RawCall = serde_json::from_str(inner.trim()).ok()?;
+    let raw = c.arguments.or(c.parameters).map(|r| r.get());
+    let arguments = match raw {
+        None => "{}".to_string(),
+        Some(r) if r.starts_with('"') => serde_json::from_str::<String>(r).ok()?,
+        Some(r) => r.to_string(),
     };
+    Some((c.name, arguments))
+}
+
+fn new_call_id() -> String {
+    format!("call_{:016x}", rand::random::<u64>())
+}
+
+fn parse_call(inner: &str) -> Option<ToolCall> {
+    let (name, arguments) = split_call(inner)?;
     Some(ToolCall {
-        id: format!("call_{:016x}", rand::random::<u64>()),
+        id: new_call_id(),
         name,
         arguments,
     })
+}
+
+/// What a streamed call looks like so far: its name once known, and the raw arguments text
+/// written so far (complete when the arguments value has closed).
+#[derive(Debug, PartialEq)]
+struct PartialCall {
+    name: String,
+    args: String,
+}
+
+/// Reads the start of a call object (`{"name": "...", "arguments": ` then the arguments value
+/// as far as written) from `body`, the text after `<tool_call>`. `None` until the name and the
+/// start of the arguments are there, or when the object has another shape (then the call is
+/// sent whole at the end).
+fn partial_call(body: &str) -> Option<PartialCall> {
+    let rest = body.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest
+        .strip_prefix("\"name\"")?
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    // The name: a complete JSON string.
+    let bytes = rest.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    let mut escaped = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    if i >= bytes.len() {
+        return None;
+    }
+    let name: String = serde_json::from_str(&rest[..=i]).ok()?;
+    let rest = rest[i + 1..].trim_start().strip_prefix(',')?.trim_start();
+    let rest = rest
+        .strip_prefix("\"arguments\"")?
+        .trim_start()
+        .strip_prefix(':')?;
+    let value = rest.trim_start();
+    if !value.starts_with('{') {
+        return None; // arguments as a string (or not yet begun): sent whole at the end
+    }
+    // The arguments object as far as written: up to where its braces balance.
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    let mut end = value.len();
+    for (k, ch) in value.char_indices() {
+        if in_str {
+            match ch {
+                _ if esc => esc = false,
+                '\\' => esc = true,
+                '"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match ch {
+            '"' => in_str = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    end = k + 1;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(PartialCall {
+        name,
+        args: value[..end].to_string(),
+    })
+}
+
+/// One piece of a streamed reply with tools.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamPiece {
+    Content(String),
+    /// The first delta of call `index`: its id and name (arguments follow).
+    CallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// More of call `index`'s arguments text.
+    CallArgs {
+        index: usize,
+        text: String,
+    },
+}
+
+/// Streams a reply with tools as OpenAI does: content as it comes; each `<tool_call>` as a first
+/// delta with id and name once the name is written, then its arguments in pieces as they are
+/// generated. The pieces of a call concatenate to the arguments the non-streamed reply carries.
+pub struct ToolCallStreamer {
+    split: ToolCallSplitter,
+    /// Calls started so far: id, name and how much of the arguments was sent.
+    started: Vec<(String, String, usize)>,
+}
+
+impl ToolCallStreamer {
+    pub fn new(tool_names: Vec<String>) -> Self {
+        Self {
+            split: ToolCallSplitter::new(tool_names),
+            started: Vec::new(),
+        }
+    }
+
+    fn calls_so_far(&self) -> Vec<Option<PartialCall>> {
+        let held = &self.split.held;
+        let mut out = Vec::new();
+        let mut rest = held.as_str();
+        while let Some(start) = rest.find(OPEN) {
+            let body = &rest[start + OPEN.len()..];
+            let (inner, next) = match body.find(CLOSE) {
+                Some(end) => (&body[..end], &body[end + CLOSE.len()..]),
+                None => (body, ""),
+            };
+            out.push(partial_call(inner));
+            rest = next;
+        }
+        out
+    }
+
+    /// Deltas for the calls' progress since the last call.
+    fn progress(&mut self, out: &mut Vec<StreamPiece>) {
+        if !self.split.in_calls {
+            return;
+        }
+        for (index, call) in self.calls_so_far().into_iter().enumerate() {
+            let Some(call) = call else {
+                // Not streamable (yet): later calls wait for it, so indexes stay in order.
+                break;
+            };
+            if index == self.started.len() {
+                let id = new_call_id();
+                out.push(StreamPiece::CallStart {
+                    index,
+                    id: id.clone(),
+                    name: call.name.clone(),
+                });
+                self.started.push((id, call.name.clone(), 0));
+            }
+            if let Some((_, _, sent)) = self.started.get_mut(index) {
+                if call.args.len() > *sent && call.args.is_char_boundary(*sent) {
+                    out.push(StreamPiece::CallArgs {
+                        index,
+                        text: call.args[*sent..].to_string(),
+                    });
+                    *sent = call.args.len();
+                }
+            }
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<StreamPiece> {
+        let mut out = Vec::new();
+        let content = self.split.push(text);
+        if !content.is_empty() {
+            out.push(StreamPiece::Content(content));
+        }
+        self.progress(&mut out);
+        out
+    }
+
+    /// The end of the reply: what is still held, and every call not yet (fully) sent. Whether any
+    /// call was made is the second value.
+    pub fn finish(mut self) -> (Vec<StreamPiece>, bool) {
+        let mut out = Vec::new();
+        self.progress(&mut out);
+        let started = std::mem::take(&mut self.started);
+        let (rest, calls) = self.split.finish();
+        if !rest.is_empty() {
+            out.push(StreamPiece::Content(rest));
+        }
+        let any = !calls.is_empty() || !started.is_empty();
+        for (index, call) in calls.into_iter().enumerate() {
+            match started.get(index) {
+                Some((_, _, sent)) => {
+                    if call.arguments.len() > *sent && call.arguments.is_char_boundary(*sent) {
+                        out.push(StreamPiece::CallArgs {
+                            index,
+                            text: call.arguments[*sent..].to_string(),
+                        });
+                    }
+                }
+                None => {
+                    out.push(StreamPiece::CallStart {
+                        index,
+                        id: call.id,
+                        name: call.name,
+                    });
+                    out.push(StreamPiece::CallArgs {
+                        index,
+                        text: call.arguments,
+                    });
+                }
+            }
+        }
+        (out, any)
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +394,10 @@ mod tests {
         assert_eq!(rest, "");
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].name, "weather");
-        assert_eq!(calls[0].arguments, r#"{"city":"Berlin"}"#);
+        assert_eq!(
+            calls[0].arguments, r#"{"city": "Berlin"}"#,
+            "arguments as written"
+        );
         assert_eq!(calls[1].name, "time");
         assert_ne!(calls[0].id, calls[1].id);
     }
@@ -174,7 +413,8 @@ mod tests {
             let (streamed, rest, calls) = run(&refs);
             assert_eq!((streamed.as_str(), rest.as_str()), ("", ""), "{reply}");
             assert_eq!(calls.len(), 1, "{reply}");
-            assert_eq!(calls[0].arguments, r#"{"city":"Bonn"}"#);
+            let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+            assert_eq!(args, json!({"city": "Bonn"}));
         }
         // Undeclared names, other JSON and text after the object stay content.
         for reply in [
@@ -199,5 +439,80 @@ mod tests {
             "<tool_call>{not json</tool_call>"
         );
         assert!(calls.is_empty());
+    }
+
+    /// Streams `reply` in pieces of `step` characters; returns the content, each call's
+    /// (id, name, concatenated arguments), and whether a call was made.
+    fn stream(reply: &str, step: usize) -> (String, Vec<(String, String, String)>, bool) {
+        let mut st = ToolCallStreamer::new(vec!["weather".into(), "time".into()]);
+        let chars: Vec<char> = reply.chars().collect();
+        let mut pieces = Vec::new();
+        for c in chars.chunks(step) {
+            pieces.extend(st.push(&c.iter().collect::<String>()));
+        }
+        let (rest, called) = st.finish();
+        pieces.extend(rest);
+        let (mut content, mut calls) = (String::new(), Vec::<(String, String, String)>::new());
+        let mut arg_pieces = 0;
+        for p in pieces {
+            match p {
+                StreamPiece::Content(t) => content.push_str(&t),
+                StreamPiece::CallStart { index, id, name } => {
+                    assert_eq!(index, calls.len(), "calls start in order");
+                    calls.push((id, name, String::new()));
+                }
+                StreamPiece::CallArgs { index, text } => {
+                    calls[index].2.push_str(&text);
+                    arg_pieces += 1;
+                }
+            }
+        }
+        if step == 1 && !calls.is_empty() {
+            assert!(
+                arg_pieces > calls.len(),
+                "arguments come in pieces, not whole"
+            );
+        }
+        (content, calls, called)
+    }
+
+    #[test]
+    fn streamed_calls_concatenate_to_the_non_streamed_ones() {
+        let reply = "Sure.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Bonn \\\"Zentrum\\\" {x}\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": {}}\n</tool_call>";
+        let (want_content, want_calls) = {
+            let mut s = ToolCallSplitter::new(vec!["weather".into(), "time".into()]);
+            let mut c = s.push(reply);
+            let (rest, calls) = s.finish();
+            c.push_str(&rest);
+            (c, calls)
+        };
+        assert_eq!(want_calls.len(), 2);
+        for step in [1, 2, 3, 7, 1000] {
+            let (content, calls, called) = stream(reply, step);
+            assert!(called);
+            assert_eq!(content, want_content, "step {step}");
+            let got: Vec<(&str, &str)> =
+                calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect();
+            let want: Vec<(&str, &str)> = want_calls
+                .iter()
+                .map(|c| (c.name.as_str(), c.arguments.as_str()))
+                .collect();
+            assert_eq!(got, want, "step {step}");
+            assert!(calls.iter().all(|c| c.0.starts_with("call_")));
+        }
+    }
+
+    #[test]
+    fn text_after_a_call_is_kept_and_plain_replies_stream_as_content() {
+        let (content, calls, called) = stream(
+            "<tool_call>\n{\"name\": \"time\", \"arguments\": {}}\n</tool_call>\nI asked for the time.",
+            4,
+        );
+        assert!(called);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(content, "I asked for the time.");
+        let (content, calls, called) = stream("Just text, no <b>calls</b>.", 3);
+        assert!(!called && calls.is_empty());
+        assert_eq!(content, "Just text, no <b>calls</b>.");
     }
 }

@@ -95,7 +95,7 @@ pub fn generate(
     let mut generated = Vec::new();
     let mut finish = FinishReason::Length;
     while generated.len() < opts.max_tokens {
-        let next = sampler.sample_with(&logits, &[]);
+        let next = sampler.sample_with(&logits, &[], None);
         sampler.observe(next);
         generated.push(next);
         let keep_going = on_token(next, &logits);

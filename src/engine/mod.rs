@@ -1,6 +1,7 @@
 //! The engine: the KV block pool (paged cache bookkeeping, prefix caching), sampling, and the
 //! generation loop over the batched forward.
 pub mod block_pool;
+pub mod constraint;
 pub mod generate;
 pub mod handle;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Turning logits into the next token: penalties and logit bias, then greedy or temperature with
 //! top-k / top-p / min-p, with one seeded RNG per sequence so a sequence's samples never depend on its
 //! neighbours in the batch; log-probabilities of the chosen token and its best alternatives.
+use crate::grammar::TokenMask;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -115,6 +116,8 @@ pub struct Sampler {
     /// Occurrences in the output (presence and frequency penalties).
     counts: HashMap<u32, u32>,
     scratch: Vec<f32>,
+    /// Per-token weights of the last full-vocabulary draw (reused buffer).
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -139,6 +142,7 @@ impl Sampler {
             seen,
             counts: HashMap::new(),
             scratch: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -154,9 +158,17 @@ impl Sampler {
         *self.counts.entry(tok).or_insert(0) += 1;
     }
 
-    /// Samples the next token; `banned` tokens (e.g. stop tokens before `min_tokens`) cannot be drawn.
-    pub fn sample_with(&mut self, logits: &[f32], banned: &[u32]) -> u32 {
-        if !self.params.changes_logits() && banned.is_empty() {
+    /// Samples the next token. `banned` tokens (e.g. stop tokens before `min_tokens`) cannot be
+    /// drawn; with `allowed` (a grammar's mask) only its tokens can, ids past its end included
+    /// among the forbidden. When the mask allows nothing but banned tokens, the ban yields: the
+    /// grammar must be able to end.
+    pub fn sample_with(
+        &mut self,
+        logits: &[f32],
+        banned: &[u32],
+        allowed: Option<&TokenMask>,
+    ) -> u32 {
+        if !self.params.changes_logits() && banned.is_empty() && allowed.is_none() {
             return self.sample(logits);
         }
         let mut work = std::mem::take(&mut self.scratch);
@@ -184,9 +196,26 @@ impl Sampler {
                 *v += b;
             }
         }
+        if let Some(mask) = allowed {
+            apply_mask(&mut work, mask);
+        }
+        let mut banned_any = false;
         for &t in banned {
             if let Some(v) = work.get_mut(t as usize) {
-                *v = f32::NEG_INFINITY;
+                if *v != f32::NEG_INFINITY {
+                    *v = f32::NEG_INFINITY;
+                    banned_any = true;
+                }
+            }
+        }
+        if banned_any && work.iter().all(|&v| v == f32::NEG_INFINITY) {
+            // Only the banned tokens were possible (a complete grammar): let them be.
+            for &t in banned {
+                if let (Some(v), Some(&orig)) = (work.get_mut(t as usize), logits.get(t as usize)) {
+                    if allowed.is_none_or(|m| mask_allows(m, t)) {
+                        *v = orig;
+                    }
+                }
             }
         }
         let tok = self.sample(&work);
@@ -194,49 +223,129 @@ impl Sampler {
         tok
     }
 
-    /// Samples from `logits` as given (no penalties).
+    /// Samples from `logits` as given (no penalties), in O(V) unless top-k/top-p/min-p truncate.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature <= 0.0 {
             return argmax(logits);
         }
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return argmax(logits);
+        }
+        let truncates = (p.top_k > 0 && p.top_k < logits.len()) || p.top_p < 1.0 || p.min_p > 0.0;
+        if !truncates {
+            // Inverse CDF over the whole vocabulary: one pass for the weights, one for the draw.
+            let mut weights = std::mem::take(&mut self.weights);
+            weights.clear();
+            let mut total = 0.0f64;
+            weights.extend(logits.iter().map(|&l| {
+                let w = ((l - max) * inv_t).exp();
+                total += w as f64;
+                w
+            }));
+            let mut r = self.rng.random::<f64>() * total;
+            let mut pick = argmax(logits);
+            for (i, &w) in weights.iter().enumerate() {
+                if w > 0.0 {
+                    if r < w as f64 {
+                        pick = i as u32;
+                        break;
+                    }
+                    r -= w as f64;
+                }
+            }
+            self.weights = weights;
+            return pick;
+        }
+        // Truncation, with llama.cpp's semantics (probabilities over the top-k set, min-p relative
+        // to the best token, top-p over those probabilities), without sorting the vocabulary: the
+        // best `limit` tokens are selected and sorted, and more only if top-p needs them.
+        let weight = |l: f32| (((l - max) * inv_t) as f64).exp();
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .filter(|(_, &l)| l > f32::NEG_INFINITY)
+            .map(|(i, &l)| (i as u32, l))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.truncate(p.top_k);
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = if p.top_k > 0 {
+            p.top_k.min(cand.len())
+        } else {
+            cand.len()
+        };
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, order);
+            cand.truncate(k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, &x) in probs.iter().enumerate().take(keep) {
-                acc += x;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
+        let denom: f64 = cand.iter().map(|c| weight(c.1)).sum();
+        let mut limit = if p.top_p < 1.0 {
+            k.min(TOP_P_FIRST_TRY)
+        } else {
+            k
+        };
+        let n_cand = cand.len();
+        loop {
+            if limit < n_cand {
+                cand.select_nth_unstable_by(limit - 1, order);
+            }
+            let head = &mut cand[..limit];
+            head.sort_by(order);
+            let probs: Vec<f64> = head.iter().map(|c| weight(c.1) / denom).collect();
+            let floor = probs[0] * p.min_p as f64;
+            let mut keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+            let cut_by_min_p = keep < probs.len();
+            if p.top_p < 1.0 {
+                let mut acc = 0.0;
+                let mut reached = false;
+                for (i, &x) in probs[..keep].iter().enumerate() {
+                    acc += x;
+                    if acc >= p.top_p as f64 {
+                        keep = i + 1;
+                        reached = true;
+                        break;
+                    }
+                }
+                if !reached && !cut_by_min_p && limit < n_cand {
+                    limit = (limit * 8).min(n_cand);
+                    continue;
                 }
             }
-        }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for (i, &x) in probs[..keep].iter().enumerate() {
-            if r < x {
-                return cand[i].0;
+            let total: f64 = probs[..keep].iter().sum();
+            let mut r = self.rng.random::<f64>() * total;
+            for (i, &x) in probs[..keep].iter().enumerate() {
+                if r < x {
+                    return head[i].0;
+                }
+                r -= x;
             }
-            r -= x;
+            return head[keep - 1].0;
         }
-        cand[keep - 1].0
+    }
+}
+
+/// How many of the best tokens top-p looks at first (more only when they hold too little mass).
+const TOP_P_FIRST_TRY: usize = 256;
+
+/// Whether a grammar mask allows token `t` (ids past its end are not allowed).
+fn mask_allows(mask: &TokenMask, t: u32) -> bool {
+    (t as usize) < mask.len() && mask.is_allowed(t)
+}
+
+/// Sets every logit the mask does not allow to -inf.
+fn apply_mask(work: &mut [f32], mask: &TokenMask) {
+    let words = mask.as_slice();
+    for (w, chunk) in work.chunks_mut(32).enumerate() {
+        let bits = words.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue;
+        }
+        for (b, v) in chunk.iter_mut().enumerate() {
+            if bits & (1 << b) == 0 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
     }
 }
 
@@ -248,9 +357,9 @@ mod tests {
     fn penalties_bias_and_bans_change_the_choice() {
         let logits = vec![1.0, 3.0, 2.9, 0.5];
         let mut s = Sampler::new(SamplingParams::default());
-        assert_eq!(s.sample_with(&logits, &[]), 1);
+        assert_eq!(s.sample_with(&logits, &[], None), 1);
         assert_eq!(
-            s.sample_with(&logits, &[1]),
+            s.sample_with(&logits, &[1], None),
             2,
             "banned token is never drawn"
         );
@@ -258,27 +367,27 @@ mod tests {
             logit_bias: vec![(3, 10.0)],
             ..Default::default()
         };
-        assert_eq!(Sampler::new(bias).sample_with(&logits, &[]), 3);
+        assert_eq!(Sampler::new(bias).sample_with(&logits, &[], None), 3);
         let mut pres = Sampler::new(SamplingParams {
             presence_penalty: 0.5,
             ..Default::default()
         });
         pres.observe(1);
-        assert_eq!(pres.sample_with(&logits, &[]), 2, "3.0 - 0.5 < 2.9");
+        assert_eq!(pres.sample_with(&logits, &[], None), 2, "3.0 - 0.5 < 2.9");
         let mut freq = Sampler::new(SamplingParams {
             frequency_penalty: 0.05,
             ..Default::default()
         });
         freq.observe(1);
         assert_eq!(
-            freq.sample_with(&logits, &[]),
+            freq.sample_with(&logits, &[], None),
             1,
             "one occurrence: 2.95 > 2.9"
         );
         freq.observe(1);
         freq.observe(1);
         assert_eq!(
-            freq.sample_with(&logits, &[]),
+            freq.sample_with(&logits, &[], None),
             2,
             "three occurrences: 2.85 < 2.9"
         );
@@ -287,7 +396,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Sampler::with_prompt(rep, &[1]).sample_with(&logits, &[]),
+            Sampler::with_prompt(rep, &[1]).sample_with(&logits, &[], None),
             2,
             "3.0 / 1.2 < 2.9"
         );
@@ -325,5 +434,164 @@ mod tests {
             vec![1, 2, 0]
         );
         assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    /// Frequencies of 20000 draws from `logits` with `params`.
+    fn frequencies(logits: &[f32], params: SamplingParams) -> Vec<f64> {
+        let mut s = Sampler::new(SamplingParams {
+            seed: Some(3),
+            ..params
+        });
+        let mut counts = vec![0usize; logits.len()];
+        let n = 20000;
+        for _ in 0..n {
+            counts[s.sample(logits) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    fn softmax(logits: &[f32], t: f32) -> Vec<f64> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|&l| (((l - max) / t) as f64).exp())
+            .collect();
+        let sum: f64 = w.iter().sum();
+        w.iter().map(|x| x / sum).collect()
+    }
+
+    #[test]
+    fn full_vocabulary_draws_follow_the_softmax() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.05).collect();
+        for t in [0.7f32, 1.0, 1.5] {
+            let freq = frequencies(
+                &logits,
+                SamplingParams {
+                    temperature: t,
+                    ..Default::default()
+                },
+            );
+            let want = softmax(&logits, t);
+            // Compare the mass of the ten largest-logit buckets (coarse, so sampling noise is small).
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            for chunk in order.chunks(100) {
+                let f: f64 = chunk.iter().map(|&i| freq[i]).sum();
+                let w: f64 = chunk.iter().map(|&i| want[i]).sum();
+                assert!((f - w).abs() < 0.02, "t={t}: {f} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_draws_only_from_its_set_in_proportion() {
+        let logits: Vec<f32> = (0..2000).map(|i| -(i as f32) * 0.005).collect();
+        // top-k: only the best k, in softmax proportion among them.
+        let f = frequencies(
+            &logits,
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 5,
+                ..Default::default()
+            },
+        );
+        assert!(f[5..].iter().all(|&x| x == 0.0));
+        let want = softmax(&logits[..5], 1.0);
+        for i in 0..5 {
+            assert!(
+                (f[i] - want[i]).abs() < 0.02,
+                "top-k {i}: {} vs {}",
+                f[i],
+                want[i]
+            );
+        }
+        // top-p needing more than the first try's 256 candidates: the nucleus is exact.
+        let all = softmax(&logits, 1.0);
+        let (mut acc, mut nucleus) = (0.0, 0);
+        while acc < 0.9 {
+            acc += all[nucleus];
+            nucleus += 1;
+        }
+        assert!(nucleus > 256, "the test needs a wide nucleus ({nucleus})");
+        let f = frequencies(
+            &logits,
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.9,
+                ..Default::default()
+            },
+        );
+        assert!(
+            f[nucleus..].iter().all(|&x| x == 0.0),
+            "outside the nucleus"
+        );
+        assert!(
+            f[nucleus - 20..nucleus].iter().sum::<f64>() > 0.0,
+            "its tail is reached"
+        );
+        // min-p keeps tokens with at least min_p times the best probability.
+        let f = frequencies(
+            &logits,
+            SamplingParams {
+                temperature: 1.0,
+                min_p: 0.5,
+                ..Default::default()
+            },
+        );
+        let cut = logits
+            .iter()
+            .filter(|&&l| l >= logits[0] + 0.5f32.ln())
+            .count();
+        assert!(f[cut..].iter().all(|&x| x == 0.0) && f[cut - 1] > 0.0);
+        // top_p 0 keeps only the best token.
+        let f = frequencies(
+            &logits,
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.0,
+                ..Default::default()
+            },
+        );
+        assert_eq!(f[0], 1.0);
+    }
+
+    #[test]
+    fn a_mask_limits_every_sampling_mode() {
+        let logits: Vec<f32> = (0..100).map(|i| (i % 10) as f32).collect();
+        let mut mask = TokenMask::alloc(64); // ids 64.. are outside the mask: never allowed
+        for t in [3u32, 17, 40] {
+            mask.allow_token(t);
+        }
+        for params in [
+            SamplingParams::default(),
+            SamplingParams {
+                temperature: 1.3,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 2,
+                top_p: 0.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                logit_bias: vec![(99, 100.0)],
+                ..Default::default()
+            },
+        ] {
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(1),
+                ..params
+            });
+            for _ in 0..200 {
+                let t = s.sample_with(&logits, &[], Some(&mask));
+                assert!([3, 17, 40].contains(&t), "{t}");
+            }
+            // Banning all allowed tokens yields (the grammar must be able to end).
+            let t = s.sample_with(&logits, &[3, 17, 40], Some(&mask));
+            assert!([3, 17, 40].contains(&t), "{t}");
+            assert!([3, 17].contains(&s.sample_with(&logits, &[40], Some(&mask))));
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! and recompute after preemption are the same rule. When blocks run out, the newest running sequence
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
 use super::block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
+use super::constraint::{Advance, Constraint, SeqConstraint};
 use super::generate::FinishReason;
 use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
@@ -46,6 +47,8 @@ pub struct GenerationRequest {
     /// Choices to generate from the one prompt (`n` in the API); they share the prompt's KV blocks.
     /// Choice `i` samples with seed `seed + i` when a seed is given.
     pub n: usize,
+    /// The grammar the output must follow, if any (each choice gets its own copy).
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerationRequest {
@@ -59,6 +62,7 @@ impl GenerationRequest {
             stop_ids: Vec::new(),
             ignore_eos: false,
             n: 1,
+            constraint: None,
         }
     }
 }
@@ -139,6 +143,7 @@ struct Seq {
     min_tokens: usize,
     stop_ids: Vec<u32>,
     ignore_eos: bool,
+    constraint: Option<SeqConstraint>,
     tx: Sender<SeqEvent>,
 }
 
@@ -291,6 +296,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             min_tokens: req.min_tokens,
             stop_ids: req.stop_ids,
             ignore_eos: req.ignore_eos,
+            constraint: req.constraint.map(SeqConstraint::new),
             tx,
         });
         self.metrics.waiting.set(self.waiting.len() as i64);
@@ -457,14 +463,22 @@ impl<'m, M: StepModel> Engine<'m, M> {
         StepPlan { plan, copies }
     }
 
-    /// Samples `seq`'s next token from `row`, streams it, and says whether the sequence is done.
+    /// Samples `seq`'s next token from `row` (within its grammar, if it has one), streams it, and
+    /// says whether the sequence is done.
     fn emit_token(seq: &mut Seq, row: &[f32], metrics: &EngineMetrics) -> Option<FinishReason> {
         let banned: &[u32] = if seq.generated() < seq.min_tokens {
             &seq.stop_ids
         } else {
             &[]
         };
-        let tok = seq.sampler.sample_with(row, banned);
+        let tok = match seq.constraint.as_mut().map(SeqConstraint::mask) {
+            None | Some(Ok(None)) => seq.sampler.sample_with(row, banned, None),
+            Some(Ok(Some(mask))) => seq.sampler.sample_with(row, banned, Some(mask)),
+            Some(Err(e)) => {
+                tracing::error!(seq = seq.id.0, "grammar failed: {e}");
+                return Some(FinishReason::Error);
+            }
+        };
         seq.sampler.observe(tok);
         let logprobs = seq
             .sampler
@@ -481,6 +495,12 @@ impl<'m, M: StepModel> Engine<'m, M> {
             Some(t) => metrics.itl.observe(now.duration_since(t).as_secs_f64()),
         }
         seq.last_token_at = Some(now);
+        let is_stop = seq.stop_ids.contains(&tok);
+        let grammar = seq
+            .constraint
+            .as_mut()
+            .map(|c| c.advance(tok, is_stop))
+            .unwrap_or(Advance::Continue);
         let event = SeqEvent::Token {
             choice: seq.choice,
             id: tok,
@@ -488,7 +508,11 @@ impl<'m, M: StepModel> Engine<'m, M> {
         };
         if seq.tx.send(event).is_err() {
             Some(FinishReason::Cancelled)
-        } else if !seq.ignore_eos && seq.stop_ids.contains(&tok) {
+        } else if let Advance::Failed(e) = grammar {
+            tracing::error!(seq = seq.id.0, "grammar rejected token {tok}: {e}");
+            Some(FinishReason::Error)
+        } else if (is_stop && !seq.ignore_eos) || grammar == Advance::Complete {
+            // A stop token ends the sequence (unless ignored), and so does a complete grammar.
             Some(FinishReason::Stop)
         } else if seq.generated() >= seq.max_tokens {
             Some(FinishReason::Length)
@@ -524,6 +548,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 min_tokens: parent.min_tokens,
                 stop_ids: parent.stop_ids.clone(),
                 ignore_eos: parent.ignore_eos,
+                constraint: parent.constraint.clone(),
                 tx: parent.tx.clone(),
             });
             self.next_id += 1;
@@ -545,6 +570,18 @@ impl<'m, M: StepModel> Engine<'m, M> {
             .iter()
             .map(|&(i, _)| self.running[i].table.iter().map(|b| b.0).collect())
             .collect();
+        // The grammar masks for this step's samples are computed on a side thread while the
+        // forward runs, so constrained decoding costs no time on the critical path.
+        let mut pending: Vec<(usize, SeqConstraint)> = Vec::new();
+        for &(i, n) in &plan {
+            let s = &mut self.running[i];
+            let sampled = s.num_computed + n == s.tokens.len();
+            if sampled && s.constraint.as_ref().is_some_and(SeqConstraint::is_active) {
+                if let Some(c) = s.constraint.take() {
+                    pending.push((i, c));
+                }
+            }
+        }
         let batch = Batch {
             seqs: plan
                 .iter()
@@ -566,7 +603,37 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 .collect(),
         };
         let computed = batch.num_tokens();
-        let logits = self.model.forward(&batch, &mut self.cache)?;
+        let model = self.model;
+        let cache = &mut self.cache;
+        let (logits, prepared) = std::thread::scope(|scope| {
+            let masks = (!pending.is_empty()).then(|| {
+                scope.spawn(move || {
+                    for (_, c) in pending.iter_mut() {
+                        // An error is reported again (and handled) when the token is sampled.
+                        let _ = c.prepare();
+                    }
+                    pending
+                })
+            });
+            let logits = model.forward(&batch, cache);
+            (logits, masks.map(|h| h.join()))
+        });
+        drop(batch);
+        match prepared {
+            None => {}
+            Some(Ok(list)) => {
+                for (i, c) in list {
+                    self.running[i].constraint = Some(c);
+                }
+            }
+            Some(Err(_)) => {
+                // The constraints are lost with the thread: fail the step (every request errors).
+                return Err(ModelError::InvalidBatch(
+                    "the grammar thread panicked".into(),
+                ));
+            }
+        }
+        let logits = logits?;
         let bs = self.cfg.block_size;
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forked: Vec<Seq> = Vec::new();

@@ -57,6 +57,8 @@ pub struct ModelTokenizer {
     pub kind: TokenizerKind,
     /// Control and user-defined tokens: their text is literal, not encoded bytes.
     literal: Vec<bool>,
+    /// Control tokens (turn markers, eos): markup, never text a grammar could spell.
+    control: Vec<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,9 +277,11 @@ impl ModelTokenizer {
             .iter()
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
             .collect();
+        let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
         Ok(Self {
             kind,
             literal,
+            control,
             tokenizer,
             bos_id,
             eos_id,
@@ -301,6 +305,11 @@ impl ModelTokenizer {
     /// Text of `ids`; with `skip_special` control tokens are left out.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         self.tokenizer.decode(ids, skip_special).map_err(tk)
+    }
+
+    /// Whether `id` is a control token (chat markup, eos), as opposed to text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {

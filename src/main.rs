@@ -257,11 +257,14 @@ fn model_name(m: Option<String>) -> String {
 }
 
 fn main() -> Result<()> {
+    use std::io::IsTerminal;
+    // By default: warnings, fetch progress, and one line per HTTP request.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG")
-                .unwrap_or_else(|_| "warn,inhaus::fetch=info".into()),
+                .unwrap_or_else(|_| "warn,inhaus::fetch=info,inhaus::http=info".into()),
         )
         .init();
     let matches = Cli::command().get_matches();

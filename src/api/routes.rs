@@ -35,7 +35,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            observe::count_requests,
+            observe::observe_requests,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

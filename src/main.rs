@@ -122,6 +122,13 @@ struct ServeArgs {
     /// After SIGTERM/SIGINT, how long running requests may take to finish.
     #[arg(long, env = "INHAUS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
+    /// Connections open at once at most; beyond it new connections wait until one closes.
+    #[arg(long, env = "INHAUS_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// A connection is closed when a request's headers take longer than this to arrive, or when it
+    /// is kept alive this long without a new request.
+    #[arg(long, env = "INHAUS_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    header_read_timeout_secs: u64,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -140,6 +147,8 @@ struct ServeFile {
     request_timeout_secs: Option<u64>,
     max_body: Option<String>,
     shutdown_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -193,6 +202,26 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.shutdown_timeout_secs, unset("shutdown_timeout_secs")) {
         args.shutdown_timeout_secs = v;
+    }
+    if let (Some(v), true) = (f.max_connections, unset("max_connections")) {
+        args.max_connections = v;
+    }
+    if let (Some(v), true) = (
+        f.header_read_timeout_secs,
+        unset("header_read_timeout_secs"),
+    ) {
+        args.header_read_timeout_secs = v;
+    }
+    Ok(())
+}
+
+/// Refuses settings that would make a server that cannot serve.
+fn check_serve_args(args: &ServeArgs) -> Result<()> {
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if args.header_read_timeout_secs == 0 {
+        bail!("--header-read-timeout-secs must be at least 1");
     }
     Ok(())
 }
@@ -307,6 +336,7 @@ fn main() -> Result<()> {
             if let Some(m) = matches.subcommand_matches("serve") {
                 apply_config_file(&mut args, m)?;
             }
+            check_serve_args(&args)?;
             let models = if args.models.is_empty() {
                 inhaus::catalog::default_serve_aliases()
             } else {
@@ -329,6 +359,12 @@ fn main() -> Result<()> {
                     .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
                 max_body_bytes: args.max_body,
                 shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+                conn_limits: inhaus::api::listen::ConnLimits {
+                    header_read_timeout: std::time::Duration::from_secs(
+                        args.header_read_timeout_secs,
+                    ),
+                    max_connections: args.max_connections,
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

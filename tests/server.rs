@@ -672,3 +672,111 @@ fn every_response_carries_a_request_id_that_the_log_shows() {
         "{lines:?}"
     );
 }
+
+/// Reads from `s` until the end of a response head (or the connection ends); returns the bytes.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// A kept-alive connection that has had one `/health` answered (so the server accepted it).
+fn idle_connection(srv: &Server) -> TcpStream {
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+/// Waits for the server to close `s`; returns how long that took, or None if it did not within 10 s.
+fn closed_after(mut s: TcpStream) -> Option<std::time::Duration> {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let t0 = std::time::Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(t0.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(t0.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--header-read-timeout-secs",
+        "1",
+    ]);
+    // Half a header line, then nothing.
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("send");
+    let took = closed_after(s).expect("a connection with unfinished headers stays open");
+    assert!(took.as_secs_f64() < 4.0, "closed only after {took:?}");
+    // A kept-alive connection that sends no next request.
+    let took = closed_after(idle_connection(&srv)).expect("an idle connection stays open");
+    assert!(took.as_secs_f64() < 4.0, "closed only after {took:?}");
+    // Meanwhile the server answers.
+    assert_eq!(http(&srv, "GET", "/health", None).0, 200);
+}
+
+#[test]
+fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--max-connections",
+        "2",
+    ]);
+    let first = idle_connection(&srv);
+    let _second = idle_connection(&srv);
+    let mut third = TcpStream::connect(&srv.addr).expect("connect");
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    third
+        .set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match third.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a third connection was served beyond --max-connections 2: {other:?}"),
+    }
+    // One held connection closes: the waiting one is accepted and answered.
+    drop(first);
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut third);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod completions;
 pub mod embeddings;
 pub mod errors;
+pub mod listen;
 pub mod observe;
 pub mod params;
 pub mod pump;
@@ -142,6 +143,8 @@ pub struct ServeConfig {
     pub request_timeout: Option<Duration>,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Header-read timeout and the most connections open at once.
+    pub conn_limits: listen::ConnLimits,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -285,11 +288,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful_rx = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(listen::serve(
+        listener,
+        app,
+        cfg.conn_limits,
+        stop_rx.clone(),
+    ));
     // Load on a blocking thread while /health already answers.
     let loader_state = state.clone();
     let load_cfg = cfg.clone();
@@ -304,7 +308,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut grace_rx = stop_rx.clone();
     let grace = cfg.shutdown_timeout;
     tokio::select! {
-        r = server => { r.context("the server task failed")??; }
+        r = server => { r.context("the server task failed")?; }
         _ = async move {
             let _ = grace_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;

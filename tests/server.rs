@@ -780,3 +780,40 @@ fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
     let head = read_head(&mut third);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+#[test]
+fn a_body_that_trickles_in_gets_408_within_the_request_timeout() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--request-timeout-secs",
+        "1",
+    ]);
+    // Content-Length promises 1000 bytes; a few arrive, then one every 200 ms.
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ",
+    )
+    .expect("send");
+    let t0 = std::time::Instant::now();
+    let mut w = s.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..60 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if w.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut s);
+    let took = t0.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head:?} after {took:?}");
+    assert!(took.as_secs_f64() < 3.0, "408 only after {took:?}");
+    drop(s);
+    let _ = trickle.join();
+    assert_eq!(http(&srv, "GET", "/health", None).0, 200);
+}

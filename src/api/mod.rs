@@ -4,6 +4,7 @@
 //! exits. Every client mistake is an OpenAI error object with the right status, never a panic or a
 //! framework's plain-text reply.
 pub mod auth;
+pub mod body;
 pub mod completions;
 pub mod embeddings;
 pub mod errors;

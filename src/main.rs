@@ -99,7 +99,8 @@ struct ServeArgs {
     /// streams' inter-token latency while a long prompt is prefilled.
     #[arg(long, env = "INHAUS_MAX_NUM_BATCHED_TOKENS", default_value_t = 256)]
     max_num_batched_tokens: usize,
-    /// Requests waiting beyond this are refused with 429.
+    /// Requests waiting beyond this are refused with 429 (at least 1: every request waits in the
+    /// queue until the engine's next step takes it).
     #[arg(long, env = "INHAUS_MAX_WAITING", default_value_t = 256)]
     max_waiting: usize,
     /// Require `Authorization: Bearer KEY` on the API (repeatable; comma-separated in the env).
@@ -217,6 +218,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
 
 /// Refuses settings that would make a server that cannot serve.
 fn check_serve_args(args: &ServeArgs) -> Result<()> {
+    if args.max_waiting == 0 {
+        bail!("--max-waiting must be at least 1: every request waits in the queue until the engine's next step takes it, so 0 would refuse them all");
+    }
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }

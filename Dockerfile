@@ -83,8 +83,9 @@ VOLUME /models
 USER 10001:10001
 WORKDIR /home/inhaus
 EXPOSE 8080
-# The first start fetches the default models (several hundred MB) before it listens: a long grace.
+# /ready answers 200 once every model is loaded and its engine runs (503 before, or when an engine has
+# stopped). The first start fetches the default models (several hundred MB) first: a long grace.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4)"]
 ENTRYPOINT ["inhaus"]
 CMD ["serve", "--host", "0.0.0.0"]

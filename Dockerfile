@@ -1,7 +1,10 @@
 # inhaus container image. See docs/docker.md.
 #
 #   docker build -t inhaus .                                  # CPU (Debian bookworm)
-#   docker build -t inhaus:cuda --build-arg VARIANT=cuda .    # NVIDIA GPU (CUDA, Ubuntu); run with --gpus all
+#   docker build -t inhaus:cuda --build-arg VARIANT=cuda .    # NOT YET FUNCTIONAL, see below
+#
+# The cuda variant builds with `--features cuda` on NVIDIA's images, but inhaus does not run any model
+# on a GPU yet: that image serves at CPU speed, and is kept only as the starting point of GPU support.
 #
 # Needs BuildKit (the default builder since Docker 23): it builds only the stages the chosen VARIANT uses.
 # Models are not part of the image: at first start `inhaus serve` fetches the default models with pip

@@ -1,7 +1,10 @@
 # inhaus container image. See docs/docker.md.
 #
 #   docker build -t inhaus .                                  # CPU (Debian bookworm)
-#   docker build -t inhaus:cuda --build-arg VARIANT=cuda .    # NVIDIA GPU (CUDA, Ubuntu); run with --gpus all
+#   docker build -t inhaus:cuda --build-arg VARIANT=cuda .    # NOT YET FUNCTIONAL, see below
+#
+# The cuda variant builds with `--features cuda` on NVIDIA's images, but inhaus does not run any model
+# on a GPU yet: that image serves at CPU speed, and is kept only as the starting point of GPU support.
 #
 # Needs BuildKit (the default builder since Docker 23): it builds only the stages the chosen VARIANT uses.
 # Models are not part of the image: at first start `inhaus serve` fetches the default models with pip
@@ -83,8 +86,9 @@ VOLUME /models
 USER 10001:10001
 WORKDIR /home/inhaus
 EXPOSE 8080
-# The first start fetches the default models (several hundred MB) before it listens: a long grace.
+# /ready answers 200 once every model is loaded and its engine runs (503 before, or when an engine has
+# stopped). The first start fetches the default models (several hundred MB) first: a long grace.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4)"]
 ENTRYPOINT ["inhaus"]
 CMD ["serve", "--host", "0.0.0.0"]

@@ -99,7 +99,8 @@ struct ServeArgs {
     /// streams' inter-token latency while a long prompt is prefilled.
     #[arg(long, env = "INHAUS_MAX_NUM_BATCHED_TOKENS", default_value_t = 256)]
     max_num_batched_tokens: usize,
-    /// Requests waiting beyond this are refused with 429.
+    /// Requests waiting beyond this are refused with 429 (at least 1: every request waits in the
+    /// queue until the engine's next step takes it).
     #[arg(long, env = "INHAUS_MAX_WAITING", default_value_t = 256)]
     max_waiting: usize,
     /// Require `Authorization: Bearer KEY` on the API (repeatable; comma-separated in the env).
@@ -122,6 +123,13 @@ struct ServeArgs {
     /// After SIGTERM/SIGINT, how long running requests may take to finish.
     #[arg(long, env = "INHAUS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
+    /// Connections open at once at most; beyond it new connections wait until one closes.
+    #[arg(long, env = "INHAUS_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// A connection is closed when a request's headers take longer than this to arrive, or when it
+    /// is kept alive this long without a new request.
+    #[arg(long, env = "INHAUS_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    header_read_timeout_secs: u64,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -140,6 +148,8 @@ struct ServeFile {
     request_timeout_secs: Option<u64>,
     max_body: Option<String>,
     shutdown_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -193,6 +203,29 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.shutdown_timeout_secs, unset("shutdown_timeout_secs")) {
         args.shutdown_timeout_secs = v;
+    }
+    if let (Some(v), true) = (f.max_connections, unset("max_connections")) {
+        args.max_connections = v;
+    }
+    if let (Some(v), true) = (
+        f.header_read_timeout_secs,
+        unset("header_read_timeout_secs"),
+    ) {
+        args.header_read_timeout_secs = v;
+    }
+    Ok(())
+}
+
+/// Refuses settings that would make a server that cannot serve.
+fn check_serve_args(args: &ServeArgs) -> Result<()> {
+    if args.max_waiting == 0 {
+        bail!("--max-waiting must be at least 1: every request waits in the queue until the engine's next step takes it, so 0 would refuse them all");
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if args.header_read_timeout_secs == 0 {
+        bail!("--header-read-timeout-secs must be at least 1");
     }
     Ok(())
 }
@@ -257,11 +290,14 @@ fn model_name(m: Option<String>) -> String {
 }
 
 fn main() -> Result<()> {
+    use std::io::IsTerminal;
+    // By default: warnings, fetch progress, and one line per HTTP request.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INHAUS_LOG")
-                .unwrap_or_else(|_| "warn,inhaus::fetch=info".into()),
+                .unwrap_or_else(|_| "warn,inhaus::fetch=info,inhaus::http=info".into()),
         )
         .init();
     let matches = Cli::command().get_matches();
@@ -304,6 +340,7 @@ fn main() -> Result<()> {
             if let Some(m) = matches.subcommand_matches("serve") {
                 apply_config_file(&mut args, m)?;
             }
+            check_serve_args(&args)?;
             let models = if args.models.is_empty() {
                 inhaus::catalog::default_serve_aliases()
             } else {
@@ -326,6 +363,12 @@ fn main() -> Result<()> {
                     .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
                 max_body_bytes: args.max_body,
                 shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+                conn_limits: inhaus::api::listen::ConnLimits {
+                    header_read_timeout: std::time::Duration::from_secs(
+                        args.header_read_timeout_secs,
+                    ),
+                    max_connections: args.max_connections,
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -131,3 +131,26 @@ fn bad_serve_settings_are_clear_errors_before_anything_loads() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_refuses_limits_that_would_refuse_every_request() {
+    // A model path that does not exist: were the limits accepted, the load would fail instead.
+    let base = ["serve", "--port", "0", "--model", "/no/such/model.gguf"];
+    let out = inhaus(&[&base[..], &["--max-waiting", "0"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--max-waiting must be at least 1"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("inhaus-cli-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("limits.toml");
+    std::fs::write(&cfg, "max_waiting = 4\nmax_connections = 0\n").expect("write config");
+    let out = inhaus(&[&base[..], &["--config", cfg.to_str().expect("utf-8 path")]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--max-connections must be at least 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

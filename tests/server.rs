@@ -7,12 +7,35 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 const ALIAS: &str = "smollm2-135m-instruct";
 
 struct Server {
     child: Child,
     addr: String,
+    /// Every line the server wrote to stderr so far (its log at the default level).
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn log_has(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Server {
@@ -33,6 +56,7 @@ fn server_with(args: &[&str]) -> Server {
         .args(["serve", "--port", "0"])
         .args(args)
         .env_remove("INHAUS_API_KEYS")
+        .env_remove("INHAUS_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -40,6 +64,7 @@ fn server_with(args: &[&str]) -> Server {
         .expect("start inhaus serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
     let addr = loop {
         let line = lines
             .next()
@@ -48,10 +73,16 @@ fn server_with(args: &[&str]) -> Server {
         if let Some(rest) = line.strip_prefix("inhaus: listening on http://") {
             break rest.trim().to_string();
         }
+        log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    Server { child, addr, log }
 }
 
 /// One HTTP/1.1 request; returns (status, headers, body).
@@ -519,4 +550,270 @@ fn a_full_queue_answers_429_with_retry_after_and_others_are_served() {
     drop(first);
     let (status, _, text) = second.join().expect("second client");
     assert_eq!(status, 200, "the waiting request is served: {text}");
+}
+
+/// The value of header `name` in a response head, if present.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// The value of label `name` in one Prometheus sample line.
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+#[test]
+fn callers_cannot_invent_metric_labels() {
+    let srv = server();
+    let (status, _, _) = http(&srv, "FOOBAR", "/health", None);
+    assert_eq!(status, 405);
+    http(&srv, "FOOBAR", "/no/such/path-7f3a", None);
+    http(&srv, "get", "/v1/models", None);
+    http(&srv, "GET", "/random-9c1e?x=1", None);
+    http(&srv, "GET", "/v1/models/some-model-5e6f", None);
+    let (status, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({ "model": "no-such-model-b4d2", "prompt": "x" }),
+    );
+    assert_error(status, &v, 404);
+    let (status, _, body) = http(&srv, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    for made_up in ["FOOBAR", "\"get\"", "7f3a", "9c1e", "5e6f", "b4d2"] {
+        assert!(
+            !body.contains(made_up),
+            "{made_up} from a request became a label:\n{body}"
+        );
+    }
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+    ];
+    let routes = [
+        "/v1/models",
+        "/v1/models/{*id}",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/tokenize",
+        "/detokenize",
+        "/health",
+        "/ready",
+        "/metrics",
+        "unmatched",
+    ];
+    let samples: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("inhaus:http_requests_total{"))
+        .collect();
+    assert!(!samples.is_empty(), "{body}");
+    for line in &samples {
+        let method = label(line, "method").unwrap_or("");
+        let route = label(line, "route").unwrap_or("");
+        assert!(methods.contains(&method), "method label {method:?}: {line}");
+        assert!(routes.contains(&route), "route label {route:?}: {line}");
+    }
+    let has = |m: &str, r: &str| {
+        samples
+            .iter()
+            .any(|l| label(l, "method") == Some(m) && label(l, "route") == Some(r))
+    };
+    assert!(has("other", "/health"), "{body}");
+    assert!(has("other", "unmatched"), "{body}");
+    assert!(has("GET", "unmatched"), "{body}");
+    assert!(has("GET", "/v1/models/{*id}"), "{body}");
+    // Model labels come only from the served set.
+    for line in body.lines().filter(|l| l.contains("model=\"")) {
+        assert_eq!(label(line, "model"), Some(ALIAS), "{line}");
+    }
+}
+
+#[test]
+fn every_response_carries_a_request_id_that_the_log_shows() {
+    let srv = server();
+    // A request id the client sends comes back and is logged.
+    let (status, head, _) = request(
+        &srv.addr,
+        "GET",
+        "/health",
+        None,
+        "X-Request-Id: client-chosen-42\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&head, "x-request-id").as_deref(),
+        Some("client-chosen-42")
+    );
+    // Without one (or with one unfit for a log line), the server makes one up; errors carry it too.
+    let long = "x".repeat(300);
+    let mut made = Vec::new();
+    for extra in [String::new(), format!("X-Request-Id: {long}\r\n")] {
+        let (status, head, _) = request(&srv.addr, "GET", "/no-such-route", None, &extra);
+        assert_eq!(status, 404);
+        let id = header(&head, "x-request-id").expect("x-request-id on a 404");
+        assert!(!id.is_empty() && id.len() <= 128 && id != long, "{id}");
+        made.push(id);
+    }
+    assert_ne!(made[0], made[1], "request ids are unique");
+    // The default log level shows one line per request, with its id.
+    wait_for("the request log lines", || {
+        srv.log_has("client-chosen-42") && made.iter().all(|id| srv.log_has(id))
+    });
+    let lines = srv.log_lines_with("client-chosen-42");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("/health") && lines[0].contains("200"),
+        "{lines:?}"
+    );
+}
+
+/// Reads from `s` until the end of a response head (or the connection ends); returns the bytes.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// A kept-alive connection that has had one `/health` answered (so the server accepted it).
+fn idle_connection(srv: &Server) -> TcpStream {
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+/// Waits for the server to close `s`; returns how long that took, or None if it did not within 10 s.
+fn closed_after(mut s: TcpStream) -> Option<std::time::Duration> {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let t0 = std::time::Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(t0.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(t0.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--header-read-timeout-secs",
+        "1",
+    ]);
+    // Half a header line, then nothing.
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("send");
+    let took = closed_after(s).expect("a connection with unfinished headers stays open");
+    assert!(took.as_secs_f64() < 4.0, "closed only after {took:?}");
+    // A kept-alive connection that sends no next request.
+    let took = closed_after(idle_connection(&srv)).expect("an idle connection stays open");
+    assert!(took.as_secs_f64() < 4.0, "closed only after {took:?}");
+    // Meanwhile the server answers.
+    assert_eq!(http(&srv, "GET", "/health", None).0, 200);
+}
+
+#[test]
+fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--max-connections",
+        "2",
+    ]);
+    let first = idle_connection(&srv);
+    let _second = idle_connection(&srv);
+    let mut third = TcpStream::connect(&srv.addr).expect("connect");
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    third
+        .set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match third.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a third connection was served beyond --max-connections 2: {other:?}"),
+    }
+    // One held connection closes: the waiting one is accepted and answered.
+    drop(first);
+    third
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut third);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[test]
+fn a_body_that_trickles_in_gets_408_within_the_request_timeout() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--request-timeout-secs",
+        "1",
+    ]);
+    // Content-Length promises 1000 bytes; a few arrive, then one every 200 ms.
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    s.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ",
+    )
+    .expect("send");
+    let t0 = std::time::Instant::now();
+    let mut w = s.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..60 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if w.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = read_head(&mut s);
+    let took = t0.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head:?} after {took:?}");
+    assert!(took.as_secs_f64() < 3.0, "408 only after {took:?}");
+    drop(s);
+    let _ = trickle.join();
+    assert_eq!(http(&srv, "GET", "/health", None).0, 200);
 }

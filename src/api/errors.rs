@@ -124,6 +124,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
+        if self.status.is_server_error() {
+            // For the request log line (observe.rs), which names the cause with the request id.
+            resp.extensions_mut()
+                .insert(super::observe::ErrorCause(self.message.clone()));
+        }
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {

@@ -4,10 +4,12 @@
 //! exits. Every client mistake is an OpenAI error object with the right status, never a panic or a
 //! framework's plain-text reply.
 pub mod auth;
+pub mod body;
 pub mod completions;
 pub mod constraints;
 pub mod embeddings;
 pub mod errors;
+pub mod listen;
 pub mod observe;
 pub mod params;
 pub mod pump;
@@ -147,6 +149,8 @@ pub struct ServeConfig {
     pub request_timeout: Option<Duration>,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Header-read timeout and the most connections open at once.
+    pub conn_limits: listen::ConnLimits,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -297,11 +301,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful_rx = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(listen::serve(
+        listener,
+        app,
+        cfg.conn_limits,
+        stop_rx.clone(),
+    ));
     // Load on a blocking thread while /health already answers.
     let loader_state = state.clone();
     let load_cfg = cfg.clone();
@@ -316,7 +321,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut grace_rx = stop_rx.clone();
     let grace = cfg.shutdown_timeout;
     tokio::select! {
-        r = server => { r.context("the server task failed")??; }
+        r = server => { r.context("the server task failed")?; }
         _ = async move {
             let _ = grace_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;

@@ -1,7 +1,7 @@
-//! The router: which path goes to which handler, which routes need an API key, the body limit, the
-//! request counter, and the small endpoints (models, health, readiness).
+//! The router: which path goes to which handler, which routes need an API key, the body limit and
+//! body-read timeout, the request log and counter, and the small endpoints (models, health, readiness).
 use super::errors::ApiError;
-use super::{auth, completions, embeddings, observe, tokenize, AppState};
+use super::{auth, body, completions, embeddings, observe, tokenize, AppState};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -22,6 +22,11 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        // Inside the key check: no body is read for a caller without a key.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::read_within_timeout,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -35,7 +40,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            observe::count_requests,
+            observe::observe_requests,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -1,0 +1,50 @@
+//! Request bodies are read within the request's time limit: a client that sends its headers and then
+//! trickles (or never sends) the body gets 408 once `--request-timeout-secs` has passed, instead of
+//! holding its connection and a handler for as long as it likes. The body is read whole here, past the
+//! size limit a 413, and handed on as bytes (the handlers parse it whole anyway).
+use super::errors::ApiError;
+use super::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+
+pub async fn read_within_timeout(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::payload_too_large(limit).into_response();
+    }
+    let read = Limited::new(body, limit).collect();
+    let read = match state.request_timeout {
+        Some(t) => match tokio::time::timeout(t, read).await {
+            Ok(r) => r,
+            Err(_) => return ApiError::timeout(t.as_secs()).into_response(),
+        },
+        None => read.await,
+    };
+    let bytes = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return ApiError::payload_too_large(limit).into_response()
+        }
+        Err(e) => {
+            return ApiError::invalid(format!("Failed to read the request body: {e}"), None)
+                .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}

@@ -14,6 +14,16 @@ Per wave: output tok/s = all output tokens / wall time of the wave (first send t
 TTFT p50/p90, ITL p50/p90/p99 (over all gaps of all requests), and TPOT (mean over requests of
 (end - first token) / (tokens - 1)).
 
+Variants (--variants, default "greedy"): each concurrency runs one wave per variant against the same
+server, round-robin --repeat times (median tok/s reported), so variants are compared in the same run:
+  greedy     temperature 0 (the default above)
+  t1         temperature 1, no top-k/top-p (what the OpenAI SDKs send by default)
+  schema     temperature 0 with a JSON schema (an array of 60 small objects, so 128 tokens never finish
+             it): inhaus gets `response_format` json_schema, llama-server its `json_schema` field
+  schema-t1  the schema at temperature 1
+With a schema variant, the time to first token of a schema never seen before (grammar compiled) and of
+the same schema again (cached) is measured first, once per server start, and printed.
+
 Servers:
   --server llama   starts `$LLAMA_SERVER -m FILE -c C*(prompt+max_tokens+slack) -np C -t THREADS
                    --host 127.0.0.1 --port FREE`, once per concurrency (so the slots equal the streams),
@@ -464,14 +474,58 @@ def start_server(kind, args, conc, log_dir, words):
 
 # ---------------------------------------------------------------- one wave
 
-async def run_wave(host, port, args, conc, words, label):
+VARIANTS = ("greedy", "t1", "schema", "schema-t1")
+
+# Never completes within a few hundred tokens: every variant generates exactly --max-tokens tokens.
+BENCH_SCHEMA = {
+    "type": "object",
+    "properties": {"items": {
+        "type": "array", "minItems": 60, "maxItems": 60,
+        "items": {"type": "object",
+                  "properties": {"name": {"type": "string", "maxLength": 24}, "qty": {"type": "integer"}},
+                  "required": ["name", "qty"], "additionalProperties": False},
+    }},
+    "required": ["items"], "additionalProperties": False,
+}
+
+
+def apply_variant(body, variant, kind, schema=None):
+    """The request body of `variant` for server `kind` ('llama' or other)."""
+    body = dict(body)
+    body["temperature"] = 1.0 if variant.endswith("t1") else 0
+    if variant.startswith("schema"):
+        schema = schema or BENCH_SCHEMA
+        if kind == "llama":
+            body["json_schema"] = schema
+        else:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "bench", "schema": schema}}
+    return body
+
+
+async def schema_ttft(host, port, args, words, kind):
+    """TTFT (ms) of a schema seen for the first time, then of the same schema again."""
+    fresh = json.loads(json.dumps(BENCH_SCHEMA))
+    # A property no earlier run used makes the schema new to any cache.
+    fresh["properties"]["items"]["items"]["properties"][f"f{os.getpid()}_{time.time_ns()}"] = {"type": "string"}
+    out = []
+    for _ in range(2):
+        body = {"model": args.model, "prompt": make_prompt(0, words), "max_tokens": 8, "stream": True,
+                "ignore_eos": True}
+        r = Result()
+        await stream_request(host, port, apply_variant(body, "schema", kind, fresh), args.request_timeout, r)
+        out.append(r.ttft * 1000 if r.ok and r.ttft is not None else float("nan"))
+    return out
+
+
+async def run_wave(host, port, args, conc, words, label, variant="greedy", kind="inhaus"):
     bodies = []
     for i in range(conc):
-        bodies.append({
+        bodies.append(apply_variant({
             "model": args.model, "prompt": make_prompt(i, words), "max_tokens": args.max_tokens,
             "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True},
-        })
+        }, variant, kind))
     if args.warmup:
         wres = await stream_request(host, port, dict(bodies[0], prompt="Warm up. " + bodies[0]["prompt"][:40],
                                                      max_tokens=4), args.request_timeout, Result())
@@ -516,12 +570,26 @@ async def run_target(kind, args, log_dir, words_hint):
                     log(f"{kind}: no /tokenize endpoint; using {words} story words (estimate)")
                 else:
                     log(f"{kind}: prompt calibrated to {words} story words = {ntok} tokens (with special tokens)")
-            log(f"{kind} C={conc}: wave of {conc} streams x {args.max_tokens} tokens ...")
-            s = await run_wave(host, port, args, conc, words, kind)
-            s["run_s"] = time.monotonic() - t_run
-            log(f"{kind} C={conc}: {s['out_tok_s']:.1f} out tok/s, wave {s['wall_s']:.1f}s, "
-                f"run incl. start {s['run_s']:.1f}s")
-            out.append(s)
+            if any(v.startswith("schema") for v in args.variants):
+                first, cached = await schema_ttft(host, port, args, words, kind)
+                log(f"{kind}: TTFT of a new schema {first:.0f} ms, of the same schema again {cached:.0f} ms")
+            waves = {v: [] for v in args.variants}
+            for rep in range(args.repeat):
+                for variant in args.variants:
+                    label = kind if args.variants == ["greedy"] else f"{kind} {variant}"
+                    log(f"{label} C={conc}: wave of {conc} streams x {args.max_tokens} tokens "
+                        f"(round {rep + 1}/{args.repeat}) ...")
+                    s = await run_wave(host, port, args, conc, words, label, variant, kind)
+                    log(f"{label} C={conc}: {s['out_tok_s']:.1f} out tok/s, wave {s['wall_s']:.1f}s")
+                    waves[variant].append(s)
+            for variant, runs in waves.items():
+                # The median round by output tok/s stands for the variant.
+                runs.sort(key=lambda x: x["out_tok_s"])
+                s = runs[len(runs) // 2]
+                s["variant"] = variant
+                s["out_tok_s_all"] = [x["out_tok_s"] for x in runs]
+                s["run_s"] = time.monotonic() - t_run
+                out.append(s)
         finally:
             if server is not None:
                 server.stop()
@@ -602,12 +670,20 @@ def parse_args():
     p.add_argument("--log-dir", help="keep server logs here (default: temporary, kept only on failure)")
     p.add_argument("--json", help="also write all summaries to this JSON file")
     p.add_argument("--show-text", action="store_true", help="print the start of one generated text per wave")
+    p.add_argument("--variants", default="greedy",
+                   help=f"comma-separated request variants per concurrency, from {','.join(VARIANTS)} (default greedy)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of all variants per concurrency (median reported)")
     a = p.parse_args()
     try:
         a.concurrency = [int(x) for x in a.concurrency.split(",") if x.strip()]
         assert a.concurrency and all(c > 0 for c in a.concurrency)
     except (ValueError, AssertionError):
         die("--concurrency must be a comma-separated list of positive integers")
+    a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if not a.variants or any(v not in VARIANTS for v in a.variants):
+        die(f"--variants takes a comma-separated list from {', '.join(VARIANTS)}")
+    if a.repeat < 1:
+        die("--repeat must be at least 1")
     if not (a.server or a.url or a.both):
         a.server = "llama"
     if a.url:
@@ -644,16 +720,30 @@ async def amain(args, log_dir):
                 log(f"{kind} failed: {e}")
         log(f"{kind}: done in {time.monotonic() - t0:.1f}s")
     title = (f"{args.model}: /v1/completions stream, prompt ~{args.prompt_tokens} tok, {args.max_tokens} out tok "
-             f"(ignore_eos, temperature 0), threads {args.threads}, total {time.monotonic() - t_all:.0f}s")
+             f"(ignore_eos), variants {','.join(args.variants)}, threads {args.threads}, total {time.monotonic() - t_all:.0f}s")
     rows = []
     for conc in args.concurrency:
-        per = {}
+        for variant in args.variants:
+            tag = "" if args.variants == ["greedy"] else f" {variant}"
+            per = {}
+            for kind in kinds:
+                s = next((x for x in results.get(kind, [])
+                          if x["concurrency"] == conc and x.get("variant", "greedy") == variant), None)
+                per[kind] = s
+                rows.append((conc, ("llama.cpp" if kind == "llama" else kind) + tag, s))
+            if args.both and per.get("llama") and per.get("inhaus"):
+                rows.append((conc, "inhaus/llama" + tag, ratio_row(per["llama"], per["inhaus"])))
+        # Each variant against the first one, per server (e.g. t1/greedy, schema/greedy).
         for kind in kinds:
-            s = next((x for x in results.get(kind, []) if x["concurrency"] == conc), None)
-            per[kind] = s
-            rows.append((conc, "llama.cpp" if kind == "llama" else kind, s))
-        if args.both and per.get("llama") and per.get("inhaus"):
-            rows.append((conc, "inhaus/llama", ratio_row(per["llama"], per["inhaus"])))
+            base = next((x for x in results.get(kind, [])
+                         if x["concurrency"] == conc and x.get("variant") == args.variants[0]), None)
+            for variant in args.variants[1:]:
+                s = next((x for x in results.get(kind, [])
+                          if x["concurrency"] == conc and x.get("variant") == variant), None)
+                if base and s and base["out_tok_s"]:
+                    log(f"{kind} C={conc}: {variant}/{args.variants[0]} output tok/s = "
+                        f"{s['out_tok_s'] / base['out_tok_s']:.3f} (rounds: {s['out_tok_s_all']} vs "
+                        f"{base['out_tok_s_all']})")
     if any(r[2] for r in rows):
         print_table(title, rows)
         if args.both:

@@ -130,6 +130,10 @@ struct ServeArgs {
     /// is kept alive this long without a new request.
     #[arg(long, env = "INHAUS_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
     header_read_timeout_secs: u64,
+    /// Threads answering HTTP (0: one per core, at least 2). Heavy request work (templates,
+    /// tokenizing, grammars) runs beside them on a pool of as many threads.
+    #[arg(long, env = "INHAUS_HTTP_WORKERS", default_value_t = 0)]
+    http_workers: usize,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -150,6 +154,7 @@ struct ServeFile {
     shutdown_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
+    http_workers: Option<usize>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -212,6 +217,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
         unset("header_read_timeout_secs"),
     ) {
         args.header_read_timeout_secs = v;
+    }
+    if let (Some(v), true) = (f.http_workers, unset("http_workers")) {
+        args.http_workers = v;
     }
     Ok(())
 }
@@ -341,6 +349,13 @@ fn main() -> Result<()> {
                 apply_config_file(&mut args, m)?;
             }
             check_serve_args(&args)?;
+            let http_workers = match args.http_workers {
+                0 => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .max(2),
+                n => n,
+            };
             let models = if args.models.is_empty() {
                 inhaus::catalog::default_serve_aliases()
             } else {
@@ -369,9 +384,10 @@ fn main() -> Result<()> {
                     ),
                     max_connections: args.max_connections,
                 },
+                prepare_workers: http_workers,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(http_workers)
                 .enable_all()
                 .build()?;
             let result = rt.block_on(inhaus::api::serve(cfg));

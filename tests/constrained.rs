@@ -312,3 +312,65 @@ fn invalid_grammars_are_refused_with_the_reason() {
     compiler().compile(&ok).expect("json_object");
     assert!(compiler().is_cached(&ok), "compiled grammars are cached");
 }
+
+#[test]
+fn a_triggered_constraint_holds_from_its_token_until_complete_then_text_is_free() {
+    let m = model(ALIAS);
+    let prompt = "The capital of France is";
+    // The free greedy continuation; its third token becomes the trigger.
+    let mut e = Engine::new(&m.model, config(64));
+    let (tx, rx) = channel();
+    let mut free = request(prompt, 30, SamplingParams::default());
+    free.ignore_eos = true;
+    e.add_request(free.clone(), tx, CancelHandle::new(1))
+        .expect("admitted");
+    e.run_to_completion().expect("run");
+    let free_ids: Vec<u32> = rx
+        .try_iter()
+        .filter_map(|ev| match ev {
+            SeqEvent::Token { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    let trigger = free_ids[2];
+    let spec = GrammarSpec::Regex(" #[0-9]{4}#".into());
+    let mut r = free;
+    r.constraint = Some(Constraint {
+        matcher: compiler().compile(&spec).expect("compiles"),
+        mode: ConstraintMode::Triggered { trigger },
+    });
+    let mut e = Engine::new(&m.model, config(64));
+    let (tx, rx) = channel();
+    e.add_request(r, tx, CancelHandle::new(1))
+        .expect("admitted");
+    e.run_to_completion().expect("run");
+    let (ids, fin): (Vec<u32>, Vec<FinishReason>) =
+        rx.try_iter()
+            .fold((Vec::new(), Vec::new()), |(mut ids, mut fin), ev| {
+                match ev {
+                    SeqEvent::Token { id, .. } => ids.push(id),
+                    SeqEvent::Finished { reason, .. } => fin.push(reason),
+                }
+                (ids, fin)
+            });
+    assert_eq!(
+        fin,
+        vec![FinishReason::Length],
+        "a complete triggered grammar does not end it"
+    );
+    assert_eq!(ids[..3], free_ids[..3], "free until the trigger");
+    let after = m.tokenizer.decode(&ids[3..], true).expect("decode");
+    let code = after
+        .strip_prefix(" #")
+        .and_then(|t| t.get(..5))
+        .unwrap_or_else(|| panic!("the grammar's text follows the trigger: {after:?}"));
+    assert!(
+        code[..4].bytes().all(|b| b.is_ascii_digit()) && code.ends_with('#'),
+        "{after:?}"
+    );
+    assert_eq!(
+        ids.len(),
+        30,
+        "free text continues after the grammar: {after:?}"
+    );
+}

@@ -5,6 +5,7 @@
 use super::constraints::{self, OutputGrammar};
 use super::errors::ApiError;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
+use super::prepare;
 use super::pump::{pump, Piece, TokenLogprob};
 use super::tool_choice::ToolPlan;
 use super::tools::{StreamPiece, ToolCall, ToolCallSplitter, ToolCallStreamer};
@@ -114,7 +115,7 @@ pub async fn chat_completions(
     let model = body.common.model;
     let messages = body.messages;
     // Rendering, tokenizing and compiling a grammar are CPU work: off the async workers.
-    let (prompt, constraint) = blocking(&state, &model, move |served| {
+    let (prompt, constraint) = prepare::run(&state, &model, move |served| {
         let raw = tools.as_ref().map(|t| &t.raw);
         let prompt = params::chat_prompt(served, &messages, true, raw)?;
         let constraint = chat_constraint(served, tools.as_ref(), output)?;
@@ -123,19 +124,6 @@ pub async fn chat_completions(
     .await?;
     spec.constraint = constraint;
     run(state, model, spec, vec![prompt], kind, tool_names).await
-}
-
-/// Runs `f` with the served model on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    state: &Shared,
-    model: &str,
-    f: impl FnOnce(&ServedModel) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let state = state.clone();
-    let model = model.to_string();
-    tokio::task::spawn_blocking(move || f(state.generative(&model)?))
-        .await
-        .unwrap_or_else(|_| Err(ApiError::internal("request preparation failed")))
 }
 
 /// The constraint of a chat reply: forced tool calls; else the requested output format (or, with
@@ -216,7 +204,7 @@ pub async fn completions(
     let output = body.common.constraints.output_grammar()?;
     let model = body.common.model;
     let prompt = body.prompt;
-    let (prompts, constraint) = blocking(&state, &model, move |served| {
+    let (prompts, constraint) = prepare::run(&state, &model, move |served| {
         let prompts = params::completion_prompts(served, &prompt)?;
         let constraint = output
             .map(|o| constraints::compile(served, &o.spec, o.param, ConstraintMode::Whole))
@@ -279,6 +267,18 @@ async fn run(
     tool_names: Vec<String>,
 ) -> Result<Response, ApiError> {
     let served = state.generative(&model)?;
+    // Each prompt is one engine request, and all wait in the queue at once: more than it holds
+    // could never succeed, however long the client retries.
+    if prompts.len() > served.limits.max_waiting {
+        return Err(ApiError::invalid(
+            format!(
+                "At most {} prompts fit in one request on this server (--max-waiting); got {}.",
+                served.limits.max_waiting,
+                prompts.len()
+            ),
+            Some("prompt"),
+        ));
+    }
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let requests = prompts
         .into_iter()

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod listen;
 pub mod observe;
 pub mod params;
+pub mod prepare;
 pub mod pump;
 pub mod routes;
 pub mod tokenize;
@@ -39,6 +40,8 @@ pub struct ServedModel {
     pub engine: EngineHandle,
     /// Compiles (and caches) the grammars of constrained requests over this model's vocabulary.
     pub grammars: GrammarCompiler,
+    /// The engine's limits (what a request can never exceed).
+    pub limits: EngineConfig,
 }
 
 /// Everything loaded, by the name clients use in `model`.
@@ -58,6 +61,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     pub request_timeout: Option<Duration>,
     pub max_body_bytes: usize,
+    /// Requests being prepared at once (template, tokenizer, grammar) at most: see `prepare`.
+    pub prepare_slots: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -65,6 +70,7 @@ impl AppState {
         api_keys: Vec<String>,
         request_timeout: Option<Duration>,
         max_body_bytes: usize,
+        prepare_workers: usize,
     ) -> Self {
         let mut registry = Registry::default();
         let engine_metrics = EngineMetricFamilies::register(&mut registry);
@@ -82,6 +88,7 @@ impl AppState {
             api_keys,
             request_timeout,
             max_body_bytes,
+            prepare_slots: tokio::sync::Semaphore::new(prepare_workers.max(1)),
         }
     }
 
@@ -151,6 +158,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Header-read timeout and the most connections open at once.
     pub conn_limits: listen::ConnLimits,
+    /// Requests prepared (template, tokenizer, grammar) at once at most, off the async workers.
+    pub prepare_workers: usize,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -260,6 +269,7 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                 );
                 let grammars = GrammarCompiler::new(VocabEnv::new(&loaded.tokenizer, c.vocab))
                     .context("setting up constrained decoding")?;
+                let limits = ecfg.clone();
                 let engine = EngineHandle::spawn(
                     loaded.clone(),
                     ecfg,
@@ -272,6 +282,7 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                         loaded,
                         engine,
                         grammars,
+                        limits,
                     },
                 );
             }
@@ -286,6 +297,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.api_keys.clone(),
         cfg.request_timeout,
         cfg.max_body_bytes,
+        cfg.prepare_workers,
     ));
     let app = routes::router(state.clone(), cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))

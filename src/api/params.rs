@@ -4,6 +4,7 @@
 //! ignored; a wrong value is a 400 that names the parameter.
 use super::constraints::ConstraintParams;
 use super::errors::ApiError;
+use super::prepare;
 use super::tool_choice::{self, ToolPlan};
 use super::ServedModel;
 use crate::chat_template::ChatMessage;
@@ -309,6 +310,7 @@ pub fn text_prompt(
     text: &str,
     param: &'static str,
 ) -> Result<Vec<u32>, ApiError> {
+    prepare::check_prompt_bytes(served, text.len())?;
     served
         .loaded
         .tokenizer
@@ -439,6 +441,11 @@ pub fn chat_prompt(
             Some("messages"),
         ));
     }
+    let text_bytes: usize = msgs
+        .iter()
+        .map(|m| m.content.as_str().map_or(0, str::len))
+        .sum();
+    prepare::check_prompt_bytes(served, text_bytes)?;
     let template = served.loaded.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid(
             format!(

@@ -3,6 +3,7 @@
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::params;
+use super::prepare;
 use super::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -31,33 +32,51 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<TokenizeBody>,
 ) -> Result<Response, ApiError> {
-    let served = state.generative_or_default(body.model.as_deref())?;
-    let tok = &served.loaded.tokenizer;
-    let ids = match (&body.prompt, &body.messages) {
-        (Some(p), None) => tok
-            .encode(p, body.add_special_tokens.unwrap_or(true))
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt"))),
-        (None, Some(m)) => {
-            params::chat_prompt(served, m, body.add_generation_prompt.unwrap_or(true), None)
+    let name = match body.model.clone() {
+        Some(n) => {
+            state.generative(&n)?;
+            n
         }
-        _ => Err(ApiError::invalid(
-            "Give either `prompt` or `messages`.",
-            Some("prompt"),
-        )),
+        None => state
+            .models()?
+            .generative
+            .keys()
+            .next()
+            .cloned()
+            .ok_or_else(|| ApiError::invalid("No generative model is served.", Some("model")))?,
     };
-    let ids = ids?;
-    let strs = body.return_token_strs.unwrap_or(false).then(|| {
-        ids.iter()
-            .map(|&i| String::from_utf8_lossy(&tok.token_bytes(i)).into_owned())
-            .collect::<Vec<_>>()
-    });
-    Ok(Json(json!({
-        "count": ids.len(),
-        "max_model_len": served.loaded.model.config.context_len,
-        "tokens": ids,
-        "token_strs": strs,
-    }))
-    .into_response())
+    // Tokenizing a long text is CPU work: on the preparation pool, after a length check.
+    let out = prepare::run(&state, &name, move |served| {
+        let tok = &served.loaded.tokenizer;
+        let ids = match (&body.prompt, &body.messages) {
+            (Some(p), None) => {
+                prepare::check_prompt_bytes(served, p.len())?;
+                tok.encode(p, body.add_special_tokens.unwrap_or(true))
+                    .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))
+            }
+            (None, Some(m)) => {
+                params::chat_prompt(served, m, body.add_generation_prompt.unwrap_or(true), None)
+            }
+            _ => Err(ApiError::invalid(
+                "Give either `prompt` or `messages`.",
+                Some("prompt"),
+            )),
+        };
+        let ids = ids?;
+        let strs = body.return_token_strs.unwrap_or(false).then(|| {
+            ids.iter()
+                .map(|&i| String::from_utf8_lossy(&tok.token_bytes(i)).into_owned())
+                .collect::<Vec<_>>()
+        });
+        Ok(json!({
+            "count": ids.len(),
+            "max_model_len": served.loaded.model.config.context_len,
+            "tokens": ids,
+            "token_strs": strs,
+        }))
+    })
+    .await?;
+    Ok(Json(out).into_response())
 }
 
 pub async fn detokenize(

@@ -57,10 +57,13 @@ impl EngineHandle {
         metrics: EngineMetrics,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
+        let (warm_tx, warm_rx) = mpsc::channel::<()>();
         let name = format!("inhaus-engine-{}", model.name);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(&model, cfg, metrics, rx))?;
+            .spawn(move || run(&model, cfg, metrics, rx, warm_tx))?;
+        // The engine is ready once its cache is mapped and one forward has run (or it failed).
+        let _ = warm_rx.recv();
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -101,8 +104,36 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run(model: &LoadedModel, cfg: EngineConfig, metrics: EngineMetrics, rx: Receiver<Command>) {
-    let mut engine = Engine::new(&model.model, cfg).with_metrics(metrics);
+/// Runs a short request through a new engine, so that the first users after a start do not pay
+/// for first-touch costs (caches, the compute pool's threads, lazily mapped weights).
+fn warm_up(engine: &mut Engine, model: &LoadedModel) {
+    let text = "Warm-up: the quick brown fox jumps over the lazy dog.";
+    let Ok(prompt) = model.tokenizer.encode(text, true) else {
+        return;
+    };
+    let mut req = GenerationRequest::new(prompt, 2);
+    req.ignore_eos = true;
+    let (tx, _rx) = mpsc::channel();
+    if engine.add_request(req, tx, CancelHandle::new(1)).is_ok() {
+        if let Err(e) = engine.run_to_completion() {
+            tracing::warn!(model = %model.name, "warm-up forward failed: {e}");
+            engine.abort_all();
+        }
+    }
+}
+
+fn run(
+    model: &LoadedModel,
+    cfg: EngineConfig,
+    metrics: EngineMetrics,
+    rx: Receiver<Command>,
+    warm: Sender<()>,
+) {
+    let mut engine = Engine::new(&model.model, cfg);
+    warm_up(&mut engine, model);
+    // Counters start after the warm-up: it is not a user's request.
+    let mut engine = engine.with_metrics(metrics);
+    let _ = warm.send(());
     let mut open = true;
     loop {
         // Take every queued command; block only when there is nothing to compute.

@@ -59,6 +59,9 @@ pub struct ModelTokenizer {
     literal: Vec<bool>,
     /// Control tokens (turn markers, eos): markup, never text a grammar could spell.
     control: Vec<bool>,
+    /// The most bytes of text one token stands for: a text of `b` bytes is at least
+    /// `b / max_token_bytes` tokens, which bounds a prompt's length before tokenizing it.
+    pub max_token_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,7 +281,7 @@ impl ModelTokenizer {
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
             .collect();
         let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        Ok(Self {
+        let mut this = Self {
             kind,
             literal,
             control,
@@ -289,7 +292,19 @@ impl ModelTokenizer {
             add_bos,
             vocab_size: tokens.len(),
             tokens,
-        })
+            max_token_bytes: 1,
+        };
+        this.max_token_bytes = (0..this.vocab_size as u32)
+            .map(|id| this.token_bytes(id).len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(this)
+    }
+
+    /// Whether a text of `bytes` bytes is certainly more than `limit` tokens (without tokenizing).
+    pub fn surely_longer_than(&self, bytes: usize, limit: usize) -> bool {
+        bytes / self.max_token_bytes > limit
     }
 
     /// Token ids of `text`: special tokens in the text are parsed; bos is added when `add_bos` and the

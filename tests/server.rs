@@ -285,3 +285,91 @@ fn sigterm_lets_running_streams_finish_then_exits() {
     assert!(code.success(), "exit status {code}");
     assert!(TcpStream::connect(&srv.addr).is_err());
 }
+
+#[test]
+fn latency_metrics_count_each_request_once_whatever_its_choices() {
+    let srv = server();
+    for n in [1, 3] {
+        let (status, v) = post(
+            &srv,
+            "/v1/completions",
+            json!({"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 4, "n": n, "temperature": 1.0}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    let ttft = metric(&srv, "inhaus:time_to_first_token_seconds_count");
+    let e2e = metric(&srv, "inhaus:e2e_request_latency_seconds_count");
+    assert_eq!(
+        (ttft, e2e),
+        (2.0, 2.0),
+        "two requests, one TTFT and one latency each"
+    );
+}
+
+#[test]
+fn logprobs_follow_the_text_streamed_or_not_multibyte_and_stop_strings() {
+    let srv = server();
+    // text_offset counts the same characters streamed and not, with multi-byte text.
+    let body = json!({"model": ALIAS, "prompt": "Translate to Japanese: good morning =", "max_tokens": 16,
+                      "temperature": 0, "logprobs": 1});
+    let (status, whole) = post(&srv, "/v1/completions", body.clone());
+    assert_eq!(status, 200, "{whole}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, text) = http(&srv, "POST", "/v1/completions", Some(&streamed.to_string()));
+    assert_eq!(status, 200);
+    let mut offsets = Vec::new();
+    for ev in sse_events(&text) {
+        if ev == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&ev).expect("chunk JSON");
+        for o in v["choices"][0]["logprobs"]["text_offset"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            offsets.push(o.clone());
+        }
+    }
+    let want = whole["choices"][0]["logprobs"]["text_offset"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!want.is_empty(), "{whole}");
+    assert_eq!(offsets, want, "streamed text_offset differs: {whole}");
+    // Tokens cut off by a stop string take their log-probabilities with them.
+    let free = post(
+        &srv,
+        "/v1/completions",
+        json!({"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "logprobs": 1}),
+    )
+    .1;
+    let free_text = free["choices"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let words: Vec<&str> = free_text.split_whitespace().collect();
+    assert!(words.len() > 4, "{free_text}");
+    let stop = format!(" {}", words[3]);
+    let (status, v) = post(
+        &srv,
+        "/v1/completions",
+        json!({"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "logprobs": 1, "stop": stop}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap_or("");
+    let tokens: Vec<&str> = v["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let joined: String = tokens.concat();
+    assert!(joined.starts_with(text), "{joined:?} vs {text:?}");
+    let without_last: String = tokens[..tokens.len() - 1].concat();
+    assert!(
+        without_last.len() < text.len(),
+        "a token wholly inside the stop string kept its logprob: {tokens:?} for {text:?}"
+    );
+}

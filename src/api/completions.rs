@@ -491,7 +491,8 @@ fn stream_choices(
             StreamPiece::Content(t) => {
                 let l = lp.take().unwrap_or_default();
                 out.push(choice(index, Some(&t), &l, *offset, None));
-                *offset += t.chars().count();
+                // `text_offset` counts the tokens' characters, as the non-streamed answer does.
+                *offset += l.iter().map(|e| e.token.chars().count()).sum::<usize>();
             }
             StreamPiece::CallStart { index: k, id, name } => {
                 let d = json!({ "index": k, "id": id, "type": "function", "function": { "name": name, "arguments": "" } });
@@ -505,6 +506,7 @@ fn stream_choices(
     }
     if let Some(l) = lp.filter(|l| !l.is_empty()) {
         out.push(choice(index, Some(""), &l, *offset, None));
+        *offset += l.iter().map(|e| e.token.chars().count()).sum::<usize>();
     }
     out
 }

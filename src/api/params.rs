@@ -363,6 +363,44 @@ pub fn completion_prompts(served: &ServedModel, prompt: &Value) -> Result<Vec<Ve
     }
 }
 
+/// Where message `i`'s content stands in a rendering (private-use characters no text has).
+fn placeholder(i: usize) -> String {
+    format!("\u{F8F0}{i}\u{F8F1}")
+}
+
+/// Tokenizes a rendering whose message contents are placeholders: the markup between them with
+/// control tokens parsed, each content as plain text.
+fn encode_with_plain_contents(
+    tok: &crate::tokenizer::ModelTokenizer,
+    rendered: &str,
+    contents: &[String],
+) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
+    let mut ids = Vec::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find('\u{F8F0}') {
+        let after = &rest[start + '\u{F8F0}'.len_utf8()..];
+        let Some(end) = after.find('\u{F8F1}') else {
+            break;
+        };
+        let Some(content) = after[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| contents.get(i))
+        else {
+            break;
+        };
+        if start > 0 {
+            ids.extend(tok.encode(&rest[..start], false)?);
+        }
+        ids.extend(tok.encode_plain(content)?);
+        rest = &after[end + '\u{F8F1}'.len_utf8()..];
+    }
+    if !rest.is_empty() {
+        ids.extend(tok.encode(rest, false)?);
+    }
+    Ok(ids)
+}
+
 /// Chat messages rendered with the model's template and tokenized.
 pub fn chat_prompt(
     served: &ServedModel,
@@ -455,13 +493,32 @@ pub fn chat_prompt(
             Some("model"),
         )
     })?;
-    let text = template
-        .render_with_tools(&msgs, add_generation_prompt, tools)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
     let tok = &served.loaded.tokenizer;
-    let mut ids = tok
-        .encode(&text, false)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+    let bad = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string(), Some("messages"));
+    let typed_markup = msgs.iter().any(|m| {
+        m.content
+            .as_str()
+            .is_some_and(|c| tok.mentions_control_token(c))
+    });
+    let mut ids = if typed_markup {
+        // Control tokens typed in a message are text: the template's own markup is tokenized as
+        // markup, each message's content as plain text (OpenAI behaves so).
+        let mut contents = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter_mut().enumerate() {
+            let text = m.content.as_str().unwrap_or_default().to_string();
+            m.content = Value::String(placeholder(i));
+            contents.push(text);
+        }
+        let text = template
+            .render_with_tools(&msgs, add_generation_prompt, tools)
+            .map_err(|e| bad(&e))?;
+        encode_with_plain_contents(tok, &text, &contents).map_err(|e| bad(&e))?
+    } else {
+        let text = template
+            .render_with_tools(&msgs, add_generation_prompt, tools)
+            .map_err(|e| bad(&e))?;
+        tok.encode(&text, false).map_err(|e| bad(&e))?
+    };
     if let (true, Some(bos)) = (tok.add_bos, tok.bos_id) {
         if ids.first() != Some(&bos) {
             ids.insert(0, bos);

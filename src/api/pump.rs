@@ -74,6 +74,8 @@ struct ChoiceState {
     decoder: IncrementalDecoder,
     pending: String,
     logprobs: Vec<TokenLogprob>,
+    /// Where each of `logprobs`' tokens starts in `pending` (to drop those a stop string cuts).
+    lp_starts: Vec<usize>,
     tokens: usize,
     done: bool,
 }
@@ -100,6 +102,7 @@ pub fn pump(
             decoder: IncrementalDecoder::new(true),
             pending: String::new(),
             logprobs: Vec::new(),
+            lp_starts: Vec::new(),
             tokens: 0,
             done: false,
         })
@@ -145,6 +148,7 @@ pub fn pump(
                 st.tokens += 1;
                 if let Some(lp) = &logprobs {
                     st.logprobs.push(logprob_entry(tok, id, lp));
+                    st.lp_starts.push(st.pending.len());
                 }
                 if !tok.stop_ids.contains(&id) {
                     match st.decoder.push(tok, id) {
@@ -162,6 +166,11 @@ pub fn pump(
                     .min()
                 {
                     st.pending.truncate(pos);
+                    // The log-probabilities go with the text: tokens wholly inside the stop
+                    // string (or after it) are cut with it.
+                    let keep = st.lp_starts.iter().take_while(|&&s| s < pos).count();
+                    st.logprobs.truncate(keep);
+                    st.lp_starts.clear();
                     st.done = true;
                     open -= 1;
                     stream.cancel.cancel(choice);
@@ -188,6 +197,7 @@ pub fn pump(
                         text: std::mem::replace(&mut st.pending, rest),
                         logprobs: std::mem::take(&mut st.logprobs),
                     };
+                    st.lp_starts.clear();
                     if out.blocking_send(delta).is_err() {
                         return;
                     }

@@ -32,6 +32,9 @@ impl BlockHash {
 struct CachedKey {
     hash: BlockHash,
     parent: Option<BlockHash>,
+    /// The block this one follows when it was registered: a lookup only continues a chain through
+    /// the very blocks it matched, so two prefixes whose hashes collide can never be confused.
+    parent_block: Option<BlockId>,
     tokens: Vec<u32>,
 }
 
@@ -221,14 +224,15 @@ impl BlockPool {
     pub fn register_full(
         &mut self,
         block: BlockId,
-        parent: Option<BlockHash>,
+        parent: Option<(BlockHash, BlockId)>,
         tokens: &[u32],
     ) -> BlockHash {
         debug_assert_eq!(tokens.len(), self.block_size);
-        let hash = BlockHash::of(parent, tokens);
+        let hash = BlockHash::of(parent.map(|p| p.0), tokens);
         let key = CachedKey {
             hash,
-            parent,
+            parent: parent.map(|p| p.0),
+            parent_block: parent.map(|p| p.1),
             tokens: tokens.to_vec(),
         };
         self.blocks[block.0 as usize].cached = Some(key);
@@ -239,24 +243,37 @@ impl BlockPool {
     /// The longest run of cached full blocks that starts `tokens`, each now held by the caller (one
     /// reference each), with the hash of the last. Only whole blocks are matched; a scheduler that
     /// needs logits for the prompt's last token passes all but that token.
-    pub fn take_cached_prefix(&mut self, tokens: &[u32]) -> (Vec<BlockId>, Option<BlockHash>) {
-        let mut out = Vec::new();
+    /// `count`: whether this lookup counts in the hit-rate statistics (not when admission retries
+    /// a request it already looked up).
+    pub fn take_cached_prefix(
+        &mut self,
+        tokens: &[u32],
+        count: bool,
+    ) -> (Vec<BlockId>, Option<BlockHash>) {
+        let mut out: Vec<BlockId> = Vec::new();
         let mut parent = None;
         for chunk in tokens.chunks_exact(self.block_size) {
-            self.stats.queries += 1;
+            if count {
+                self.stats.queries += 1;
+            }
             let hash = BlockHash::of(parent, chunk);
             let Some(&b) = self.cached.get(&hash) else {
                 break;
             };
             let m = &self.blocks[b.0 as usize];
-            let same = m
-                .cached
-                .as_ref()
-                .is_some_and(|k| k.hash == hash && k.parent == parent && k.tokens == chunk);
+            let parent_block = out.last().copied();
+            let same = m.cached.as_ref().is_some_and(|k| {
+                k.hash == hash
+                    && k.parent == parent
+                    && k.parent_block == parent_block
+                    && k.tokens == chunk
+            });
             if !same {
                 break;
             }
-            self.stats.hits += 1;
+            if count {
+                self.stats.hits += 1;
+            }
             if self.blocks[b.0 as usize].ref_count == 0 {
                 self.unlink_free(b.0);
             }
@@ -354,8 +371,9 @@ mod tests {
         s.tokens.extend_from_slice(new_tokens);
         while s.registered < s.tokens.len() / bs {
             let i = s.registered;
+            let parent = s.last_hash.zip(i.checked_sub(1).map(|p| s.table[p]));
             s.last_hash =
-                Some(pool.register_full(s.table[i], s.last_hash, &s.tokens[i * bs..(i + 1) * bs]));
+                Some(pool.register_full(s.table[i], parent, &s.tokens[i * bs..(i + 1) * bs]));
             s.registered += 1;
         }
         true
@@ -377,7 +395,7 @@ mod tests {
                         let mut prompt = prefixes[rng.below(3)].clone();
                         prompt.truncate(rng.below(11));
                         prompt.extend((0..rng.below(6)).map(|_| 1000 + rng.below(5) as u32));
-                        let (table, last_hash) = pool.take_cached_prefix(&prompt);
+                        let (table, last_hash) = pool.take_cached_prefix(&prompt, true);
                         let cached_tokens = table.len() * 4;
                         let mut s = Seq {
                             tokens: prompt[..cached_tokens].to_vec(),
@@ -454,11 +472,16 @@ mod tests {
         let mut pool = BlockPool::new(4, 2);
         let a = pool.allocate(2).expect("free blocks");
         let h0 = pool.register_full(a[0], None, &[1, 2]);
-        pool.register_full(a[1], Some(h0), &[3, 4]);
+        pool.register_full(a[1], Some((h0, a[0])), &[3, 4]);
         pool.free(&a);
         assert_eq!(pool.usage(), 0.0);
+        // A lookup that does not count (admission retrying) leaves the statistics alone.
+        let (again, _) = pool.take_cached_prefix(&[1, 2, 3, 4, 5], false);
+        assert_eq!(again, a);
+        assert_eq!(pool.stats(), PrefixCacheStats::default());
+        pool.free(&again);
         // Same prompt: both blocks come back, and the hit counters say so.
-        let (hit, _) = pool.take_cached_prefix(&[1, 2, 3, 4, 5]);
+        let (hit, _) = pool.take_cached_prefix(&[1, 2, 3, 4, 5], true);
         assert_eq!(hit, a);
         assert_eq!(
             pool.stats(),
@@ -468,12 +491,12 @@ mod tests {
             }
         );
         // A different first block must not match the second block even though its tokens match.
-        let (miss, _) = pool.take_cached_prefix(&[9, 9, 3, 4]);
+        let (miss, _) = pool.take_cached_prefix(&[9, 9, 3, 4], true);
         assert!(miss.is_empty());
         pool.free(&hit);
         // Filling the pool evicts the cached blocks; they are then gone from the cache.
         let all = pool.allocate(4).expect("all blocks");
-        let (gone, _) = pool.take_cached_prefix(&[1, 2]);
+        let (gone, _) = pool.take_cached_prefix(&[1, 2], true);
         assert!(gone.is_empty());
         pool.free(&all);
         pool.check_invariants().expect("consistent");

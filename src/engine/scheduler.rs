@@ -14,7 +14,7 @@ use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use super::step_model::StepModel;
 use inhaus_models::{Batch, LogitsWanted, ModelError, SeqChunk, Transformer};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,6 +82,26 @@ pub enum SeqEvent {
     },
 }
 
+/// A request's latency bookkeeping, shared by its choices: its arrival, whether its first token
+/// was seen (TTFT is recorded once), and how many choices are still open (end-to-end latency is
+/// recorded when the last one ends).
+#[derive(Debug)]
+struct RequestClock {
+    arrival: Instant,
+    first_token: AtomicBool,
+    open: AtomicUsize,
+}
+
+impl RequestClock {
+    fn new(n: usize) -> Self {
+        Self {
+            arrival: Instant::now(),
+            first_token: AtomicBool::new(false),
+            open: AtomicUsize::new(n.max(1)),
+        }
+    }
+}
+
 /// Cancels a request's choices from any thread; the engine frees them at its next step.
 #[derive(Clone, Debug)]
 pub struct CancelHandle(Arc<[AtomicBool]>);
@@ -128,7 +148,7 @@ struct Seq {
     /// Choices still to fork from this sequence once its prompt is computed.
     forks: Vec<usize>,
     cancel: CancelHandle,
-    arrival: Instant,
+    clock: Arc<RequestClock>,
     last_token_at: Option<Instant>,
     tokens: Vec<u32>,
     prompt_len: usize,
@@ -144,6 +164,8 @@ struct Seq {
     stop_ids: Vec<u32>,
     ignore_eos: bool,
     constraint: Option<SeqConstraint>,
+    /// Its prompt was looked up in the prefix cache once (retries do not count again).
+    prefix_looked_up: bool,
     tx: Sender<SeqEvent>,
 }
 
@@ -283,7 +305,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             choice: 0,
             forks: (1..req.n).collect(),
             cancel,
-            arrival: Instant::now(),
+            clock: Arc::new(RequestClock::new(req.n)),
             last_token_at: None,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
@@ -297,6 +319,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             stop_ids: req.stop_ids,
             ignore_eos: req.ignore_eos,
             constraint: req.constraint.map(SeqConstraint::new),
+            prefix_looked_up: false,
             tx,
         });
         self.metrics.waiting.set(self.waiting.len() as i64);
@@ -372,7 +395,17 @@ impl<'m, M: StepModel> Engine<'m, M> {
         if !seq.cancel.is_cancelled(seq.choice) || seq.forks.is_empty() {
             return;
         }
+        let before = seq.forks.len();
         seq.forks.retain(|&c| !seq.cancel.is_cancelled(c));
+        // Choices dropped here end without an event, and so does this one when a fork replaces it.
+        let mut dropped = before - seq.forks.len();
+        if !seq.forks.is_empty() {
+            dropped += 1;
+        }
+        let open = seq.clock.open.load(Ordering::Relaxed);
+        seq.clock
+            .open
+            .store(open.saturating_sub(dropped), Ordering::Relaxed);
         if seq.forks.is_empty() {
             return;
         }
@@ -384,13 +417,15 @@ impl<'m, M: StepModel> Engine<'m, M> {
 
     /// Sends a sequence's end (and records its latency) and frees its blocks.
     fn finish(&mut self, seq: &mut Seq, reason: FinishReason) {
-        if reason != FinishReason::Cancelled {
-            self.metrics
-                .e2e
-                .observe(seq.arrival.elapsed().as_secs_f64());
-        }
         for choice in std::iter::once(seq.choice).chain(std::mem::take(&mut seq.forks)) {
             let _ = seq.tx.send(SeqEvent::Finished { choice, reason });
+            // The request's end-to-end latency: when its last choice ends (not when cancelled).
+            let left = seq.clock.open.fetch_sub(1, Ordering::Relaxed);
+            if left == 1 && reason != FinishReason::Cancelled {
+                self.metrics
+                    .e2e
+                    .observe(seq.clock.arrival.elapsed().as_secs_f64());
+            }
         }
         self.release(seq);
     }
@@ -442,7 +477,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 // Reuse cached full blocks, keeping at least one token to compute (its logits are needed).
                 let (hit, last) = self
                     .pool
-                    .take_cached_prefix(&seq.tokens[..seq.tokens.len() - 1]);
+                    .take_cached_prefix(&seq.tokens[..seq.tokens.len() - 1], !seq.prefix_looked_up);
+                seq.prefix_looked_up = true;
                 seq.num_computed = hit.len() * self.cfg.block_size;
                 seq.registered = hit.len();
                 seq.last_hash = last;
@@ -489,9 +525,11 @@ impl<'m, M: StepModel> Engine<'m, M> {
         metrics.generation_tokens.inc();
         let now = Instant::now();
         match seq.last_token_at {
-            None => metrics
+            // Time to first token: once per request, at its first token of any choice.
+            None if !seq.clock.first_token.swap(true, Ordering::Relaxed) => metrics
                 .ttft
-                .observe(now.duration_since(seq.arrival).as_secs_f64()),
+                .observe(now.duration_since(seq.clock.arrival).as_secs_f64()),
+            None => {}
             Some(t) => metrics.itl.observe(now.duration_since(t).as_secs_f64()),
         }
         seq.last_token_at = Some(now);
@@ -535,7 +573,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 choice,
                 forks: Vec::new(),
                 cancel: parent.cancel.clone(),
-                arrival: parent.arrival,
+                clock: parent.clock.clone(),
                 last_token_at: None,
                 tokens: prompt.to_vec(),
                 prompt_len: parent.prompt_len,
@@ -549,6 +587,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 stop_ids: parent.stop_ids.clone(),
                 ignore_eos: parent.ignore_eos,
                 constraint: parent.constraint.clone(),
+                prefix_looked_up: true,
                 tx: parent.tx.clone(),
             });
             self.next_id += 1;
@@ -642,9 +681,10 @@ impl<'m, M: StepModel> Engine<'m, M> {
             seq.num_computed += n;
             while seq.registered < seq.num_computed / bs {
                 let r = seq.registered;
+                let parent = seq.last_hash.zip(r.checked_sub(1).map(|p| seq.table[p]));
                 seq.last_hash = Some(self.pool.register_full(
                     seq.table[r],
-                    seq.last_hash,
+                    parent,
                     &seq.tokens[r * bs..(r + 1) * bs],
                 ));
                 seq.registered += 1;

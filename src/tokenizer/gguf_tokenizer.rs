@@ -46,6 +46,9 @@ const TYPE_USER_DEFINED: i32 = 4;
 /// A model's tokenizer plus the ids and flags generation needs.
 pub struct ModelTokenizer {
     pub tokenizer: Tokenizer,
+    /// The same tokenizer with special tokens in the text encoded as plain text (for what users
+    /// wrote: a `<|im_start|>` typed in a message must not become a control token).
+    plain: Tokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// Token ids that end a generation: eos, and the end-of-turn token of the chat format.
@@ -281,7 +284,10 @@ impl ModelTokenizer {
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
             .collect();
         let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
+        let mut plain = tokenizer.clone();
+        plain.set_encode_special_tokens(true);
         let mut this = Self {
+            plain,
             kind,
             literal,
             control,
@@ -315,6 +321,22 @@ impl ModelTokenizer {
             .encode_fast(text, add_bos && self.add_bos)
             .map_err(tk)?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` as plain text: control tokens written in it are split like any text.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.plain.encode_fast(text, false).map_err(tk)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Whether `text` contains the text of a control token (which `encode` would turn into it).
+    pub fn mentions_control_token(&self, text: &str) -> bool {
+        text.contains('<')
+            && self
+                .tokens
+                .iter()
+                .zip(&self.control)
+                .any(|(t, &c)| c && !t.is_empty() && text.contains(t.as_str()))
     }
 
     /// Text of `ids`; with `skip_special` control tokens are left out.

@@ -308,6 +308,11 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn,inhaus::fetch=info,inhaus::http=info".into()),
         )
         .init();
+    // A panic (an engine thread's, say) goes to the log with its thread, like any other error.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
+    }));
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -373,3 +373,47 @@ fn logprobs_follow_the_text_streamed_or_not_multibyte_and_stop_strings() {
         "a token wholly inside the stop string kept its logprob: {tokens:?} for {text:?}"
     );
 }
+
+#[test]
+fn sigterm_while_loading_exits_promptly_without_serving() {
+    let model = "qwen2.5-coder-0.5b-instruct";
+    common::ensure_model(model);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inhaus"))
+        .args(["serve", "--port", "0", "--model", model])
+        .args(["--kv-cache-memory", "1GiB"])
+        .env_remove("INHAUS_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start inhaus serve");
+    // Loading the model (and mapping its KV cache) takes seconds; stop it early on.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        if let Some(c) = child.try_wait().expect("wait") {
+            break c;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the server did not exit after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    let mut log = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut log);
+    }
+    assert!(code.success(), "exit status {code}: {log}");
+    assert!(
+        !log.contains("listening on"),
+        "it finished loading and served first: {log}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+}

@@ -322,9 +322,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // Load on a blocking thread while /health already answers.
     let loader_state = state.clone();
     let load_cfg = cfg.clone();
-    let mut models = tokio::task::spawn_blocking(move || load_all(&load_cfg, &loader_state))
-        .await
-        .context("the model loader failed")??;
+    let loading = tokio::task::spawn_blocking(move || load_all(&load_cfg, &loader_state));
+    // SIGTERM while fetching or loading exits at once (the loader thread is left behind).
+    let mut load_stop = stop_rx.clone();
+    let mut models = tokio::select! {
+        loaded = loading => loaded.context("the model loader failed")??,
+        _ = load_stop.wait_for(|stop| *stop) => {
+            eprintln!("inhaus: stopped while loading models");
+            return Ok(());
+        }
+    };
     models.loaded_at = completions::now();
     if state.models.set(models).is_err() {
         anyhow::bail!("models were loaded twice");

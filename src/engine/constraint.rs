@@ -47,6 +47,8 @@ pub struct SeqConstraint {
     active: Option<Matcher>,
     /// The allowed tokens for the next sample, computed ahead (during the forward).
     mask: Option<TokenMask>,
+    /// Set when the grammar engine failed beyond recovery: the sequence must end with an error.
+    poisoned: Option<String>,
 }
 
 impl SeqConstraint {
@@ -60,7 +62,14 @@ impl SeqConstraint {
             mode: c.mode,
             active,
             mask: None,
+            poisoned: None,
         }
+    }
+
+    /// Marks the constraint unusable (its sequence then fails instead of running unconstrained).
+    pub fn poison(&mut self, why: &str) {
+        self.poisoned = Some(why.to_string());
+        self.mask = None;
     }
 
     /// Whether the next token is constrained (a mask must be computed before sampling it).
@@ -71,6 +80,9 @@ impl SeqConstraint {
     /// Computes the mask for the next token (no-op when inactive or already computed). An error
     /// leaves the mask empty, which `mask()` reports.
     pub fn prepare(&mut self) -> Result<(), String> {
+        if let Some(why) = &self.poisoned {
+            return Err(why.clone());
+        }
         if self.mask.is_some() {
             return Ok(());
         }

@@ -204,6 +204,7 @@ pub struct EngineStats {
 
 /// One step's work: `(index into running, tokens to compute)`, and the `(source, copy)` blocks to
 /// copy before the forward (copy-on-write).
+#[derive(Clone)]
 struct StepPlan {
     plan: Vec<(usize, usize)>,
     copies: Vec<(BlockId, BlockId)>,
@@ -596,6 +597,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
     }
 
     /// Runs one step. Returns the number of tokens computed (0 when idle).
+    /// A failed forward does not fail every request: each sequence of the step is retried alone,
+    /// and only those that fail alone end with an error.
     pub fn step(&mut self) -> Result<usize, ModelError> {
         let StepPlan { plan, copies } = self.schedule();
         self.update_gauges();
@@ -605,6 +608,38 @@ impl<'m, M: StepModel> Engine<'m, M> {
         for &(src, dst) in &copies {
             M::copy_block(&mut self.cache, src.0, dst.0);
         }
+        match self.execute(plan.clone()) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::warn!("a batched step failed ({e}); retrying its sequences one by one");
+                Ok(self.retry_alone(plan))
+            }
+        }
+    }
+
+    /// Runs each planned sequence in a forward of its own (highest index first, so removals do
+    /// not move the ones still to run); a sequence that fails alone ends with an error.
+    fn retry_alone(&mut self, mut plan: Vec<(usize, usize)>) -> usize {
+        plan.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        let mut computed = 0;
+        for (i, n) in plan {
+            match self.execute(vec![(i, n)]) {
+                Ok(c) => computed += c,
+                Err(e) => {
+                    let mut seq = self.running.remove(i);
+                    tracing::error!(seq = seq.id.0, "a sequence failed alone: {e}");
+                    self.finish(&mut seq, FinishReason::Error);
+                }
+            }
+        }
+        self.update_gauges();
+        computed
+    }
+
+    /// The forward for `plan` (indices into `running`, tokens to compute), then sampling and
+    /// streaming. On a failed forward nothing has changed but the KV slots of the planned tokens
+    /// (rewritten when they are computed again).
+    fn execute(&mut self, plan: Vec<(usize, usize)>) -> Result<usize, ModelError> {
         let tables: Vec<Vec<u32>> = plan
             .iter()
             .map(|&(i, _)| self.running[i].table.iter().map(|b| b.0).collect())
@@ -648,8 +683,13 @@ impl<'m, M: StepModel> Engine<'m, M> {
             let masks = (!pending.is_empty()).then(|| {
                 scope.spawn(move || {
                     for (_, c) in pending.iter_mut() {
-                        // An error is reported again (and handled) when the token is sampled.
-                        let _ = c.prepare();
+                        // An error is reported again (and handled) when the token is sampled; a
+                        // panic in the grammar engine poisons only its own sequence.
+                        let prepared =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.prepare()));
+                        if prepared.is_err() {
+                            c.poison("the grammar engine panicked");
+                        }
                     }
                     pending
                 })

@@ -15,15 +15,16 @@ use half::f16;
 /// Rows per packed group.
 pub const GROUP: usize = 8;
 
-/// An activation block for packed matmuls: scale, the sum of the quants (exact, for the offset
-/// correction), scale × sum rounded through f16 (Q4_1's min term, as llama.cpp's Q8_1), and the quants.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8A {
-    pub d: f32,
-    pub s: f32,
-    pub sum: i32,
-    pub qs: [i8; QK],
+crate::quant::pod_struct! {
+    /// An activation block for packed matmuls: scale, the sum of the quants (exact, for the offset
+    /// correction), scale × sum rounded through f16 (Q4_1's min term, as llama.cpp's Q8_1), and the
+    /// quants.
+    pub struct BlockQ8A {
+        pub d: f32,
+        pub s: f32,
+        pub sum: i32,
+        pub qs: [i8; QK],
+    }
 }
 
 /// Quantizes one activation row to [`BlockQ8A`] blocks, with the same integers and (f16-rounded) scale

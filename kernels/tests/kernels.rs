@@ -23,7 +23,7 @@ impl Rng {
             .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
             .sum::<f32>()
             - 2.0;
-        if self.next() % 97 == 0 {
+        if self.next().is_multiple_of(97) {
             s * 8.0
         } else {
             s

@@ -82,6 +82,10 @@ fn aligned(bytes: &[u8]) -> AlignedBytes {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "candle's K-quant encoder is too slow to interpret; tests/soundness.rs covers decoding under Miri"
+)]
 fn dequantization_matches_candle() {
     let mut rng = Rng(0x1234_5678);
     for t in WEIGHT_TYPES {
@@ -111,6 +115,10 @@ fn activation_quantization_round_trips() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "large rows quantized by candle; tests/soundness.rs covers every format under Miri"
+)]
 fn dot_products_agree_scalar_simd_and_float() {
     let mut rng = Rng(42);
     let k = 2048;
@@ -155,6 +163,10 @@ fn dot_products_agree_scalar_simd_and_float() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "large shapes; tests/soundness.rs covers matmul under Miri"
+)]
 fn matmul_matches_naive() {
     let mut rng = Rng(7);
     let (rows, cols, m) = (67, 512, 5);
@@ -341,6 +353,10 @@ fn check_packed(
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "large shapes; tests/soundness.rs covers packed matmul under Miri"
+)]
 fn packed_matmul_matches_row_wise() {
     use inhaus_kernels::matmul::matmul_packed;
     use inhaus_kernels::packed::PackedMatrix;
@@ -357,6 +373,7 @@ fn packed_matmul_matches_row_wise() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "AVX-512 VNNI only")]
 fn packed_k_matmul_matches_row_wise() {
     if inhaus_kernels::cpu::simd_level() < SimdLevel::Avx512Vnni {
         eprintln!("no AVX-512 VNNI here: packed K-quant kernels are not used on this CPU");
@@ -384,13 +401,17 @@ fn fast_rounding_is_round_half_to_even() {
         assert_eq!(round_even(x), x.round_ties_even() as i32, "{x}");
     }
     let mut rng = Rng(5);
-    for _ in 0..100_000 {
+    for _ in 0..if cfg!(miri) { 2_000 } else { 100_000 } {
         let x = rng.normal() * 40.0;
         assert_eq!(round_even(x), x.round_ties_even() as i32, "{x}");
     }
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "65536-entry table, too slow to interpret; no unsafe code on the scalar path"
+)]
 fn gelu_table_matches_f32_gelu_within_f16_rounding() {
     use inhaus_kernels::ops::{gelu_tanh, gelu_tanh_mul};
     let mut rng = Rng(23);

@@ -17,6 +17,24 @@ echo "== cargo test (release)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace 2>&1 | tee "$log"
-# One closing line for the whole suite (cargo prints one per test binary, the last being doc-tests).
+# The kernels pick their SIMD level at run time; on a CPU with AVX-512 VNNI the run above exercises
+# that path only. Run the kernel test binaries just built again, capped to AVX2 and to the scalar
+# code (no rebuild: `cargo test -p` alone would resolve features differently and recompile). The
+# build already targets the x86-64 baseline (no target-cpu is set anywhere), so these runs are what
+# a CPU without AVX-512, or without AVX2, executes.
+mapfile -t kernel_tests < <(cargo test --release --workspace --no-run --message-format=json 2>/dev/null |
+    grep '"package_id":"[^"]*inhaus-kernels' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+if [ "${#kernel_tests[@]}" -eq 0 ]; then
+    echo "no kernel test binaries found" >&2
+    exit 1
+fi
+for level in avx2 scalar; do
+    for bin in "${kernel_tests[@]}"; do
+        echo "== INHAUS_SIMD=$level $(basename "$bin")"
+        (cd kernels && INHAUS_SIMD="$level" "$bin") 2>&1 | tee -a "$log"
+    done
+done
+# One closing line for the whole suite (cargo prints one per test binary, the last being doc-tests;
+# the kernel reruns count once per SIMD level).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

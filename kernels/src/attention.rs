@@ -5,6 +5,11 @@
 //! `n_kv_heads * head_dim` f16 values. Work is split over (query token, KV head); the query heads of a
 //! group share one pass over the keys and values. No reduction depends on the batch, so a sequence's
 //! result is the same whoever shares the step with it.
+//!
+//! Tasks write their heads of the output through a shared raw pointer, so [`paged_attention`] first
+//! checks every length, index and block id it will use, and that the sequences' query tokens do not
+//! overlap (two tasks writing one row would race); arguments that fail panic with the reason
+//! ([`try_paged_attention`] returns it instead).
 use crate::dot::{axpy_f32, dot_f32, f16_to_f32};
 use crate::ops::softmax_inplace;
 use crate::pool::parallel_for;
@@ -75,18 +80,140 @@ thread_local! {
     static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
+/// The output pointer shared by the tasks of one call.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: each task writes the heads of its own (token, KV head) group only.
+// SAFETY: each task writes the heads of its own (token tile, KV head) group only, inside the output
+// (checked by `check_args` before the job starts), and the job ends before the `&mut` borrow does.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared only to write disjoint, in-bounds regions.
 unsafe impl Sync for SendPtr {}
+
+/// Why [`paged_attention`]'s arguments cannot be used (a caller's programming error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttnArgsError(String);
+
+impl std::fmt::Display for AttnArgsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "paged_attention: {}", self.0)
+    }
+}
+
+impl std::error::Error for AttnArgsError {}
+
+fn bad(msg: String) -> AttnArgsError {
+    AttnArgsError(msg)
+}
+
+/// `a * b`, or an error naming `what` when it overflows.
+fn mul(a: usize, b: usize, what: &str) -> Result<usize, AttnArgsError> {
+    a.checked_mul(b)
+        .ok_or_else(|| bad(format!("{what} overflows ({a} × {b})")))
+}
+
+/// Checks everything the kernel's unchecked writes and per-task indexing rely on.
+fn check_args(
+    q: &[f32],
+    out: &[f32],
+    seqs: &[AttnSeq],
+    kv: &KvLayer,
+    p: &AttnParams,
+) -> Result<(), AttnArgsError> {
+    if kv.n_kv_heads == 0 || kv.block_size == 0 || p.n_heads == 0 {
+        return Err(bad(format!(
+            "n_kv_heads ({}), block_size ({}) and n_heads ({}) must be positive",
+            kv.n_kv_heads, kv.block_size, p.n_heads
+        )));
+    }
+    if !p.n_heads.is_multiple_of(kv.n_kv_heads) {
+        return Err(bad(format!(
+            "n_heads ({}) is not a multiple of n_kv_heads ({})",
+            p.n_heads, kv.n_kv_heads
+        )));
+    }
+    let q_stride = mul(p.n_heads, kv.head_dim, "query row")?;
+    let kv_dim = mul(kv.n_kv_heads, kv.head_dim, "KV row")?;
+    let block_elems = mul(kv.block_size, kv_dim, "KV block")?;
+    let mut ranges = Vec::with_capacity(seqs.len());
+    for (s, seq) in seqs.iter().enumerate() {
+        if seq.n_tokens == 0 {
+            continue;
+        }
+        let end = seq
+            .token_start
+            .checked_add(seq.n_tokens)
+            .ok_or_else(|| bad(format!("sequence {s}: token range overflows")))?;
+        let rows = mul(end, q_stride, "query rows")?;
+        if rows > q.len() || rows > out.len() {
+            return Err(bad(format!(
+                "sequence {s}: tokens {}..{end} need {rows} values, q has {} and out {}",
+                seq.token_start,
+                q.len(),
+                out.len()
+            )));
+        }
+        let last = seq
+            .first_pos
+            .checked_add(seq.n_tokens - 1)
+            .ok_or_else(|| bad(format!("sequence {s}: positions overflow")))?;
+        let blocks = seq
+            .block_table
+            .get(..=last / kv.block_size)
+            .ok_or_else(|| {
+                bad(format!(
+                    "sequence {s}: {} blocks do not cover position {last}",
+                    seq.block_table.len()
+                ))
+            })?;
+        for &b in blocks {
+            let end = mul(b as usize + 1, block_elems, "KV block end")?;
+            if end > kv.k.len() || end > kv.v.len() {
+                return Err(bad(format!(
+                    "sequence {s}: block {b} lies outside the KV cache ({} K and {} V values)",
+                    kv.k.len(),
+                    kv.v.len()
+                )));
+            }
+        }
+        ranges.push((seq.token_start, end, s));
+    }
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        let ((_, end_a, a), (start_b, _, b)) = (w[0], w[1]);
+        if start_b < end_a {
+            return Err(bad(format!(
+                "sequences {a} and {b} share query tokens (from {start_b})"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Query tokens of one sequence handled together: each cached K/V row is converted to f32 once and
 /// used by every token and query head of the tile.
 const TOKEN_TILE: usize = 8;
 
 /// `out` (tokens × n_heads × head_dim) = softmax(q·kᵀ · scale) · v over each sequence's cached positions.
+///
+/// Panics when the arguments do not fit together (see [`try_paged_attention`]).
 pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLayer, p: &AttnParams) {
+    if let Err(e) = try_paged_attention(q, out, seqs, kv, p) {
+        panic!("{e}");
+    }
+}
+
+/// [`paged_attention`], or an error when the arguments do not fit together: `q` or `out` too short
+/// for a sequence's tokens, sequences sharing query tokens, a block table too short for its positions
+/// or naming a block outside the cache, `n_heads` not a multiple of `n_kv_heads`, or a zero size.
+/// Nothing is written then.
+pub fn try_paged_attention(
+    q: &[f32],
+    out: &mut [f32],
+    seqs: &[AttnSeq],
+    kv: &KvLayer,
+    p: &AttnParams,
+) -> Result<(), AttnArgsError> {
+    check_args(q, out, seqs, kv, p)?;
     let hd = kv.head_dim;
     let group = p.n_heads / kv.n_kv_heads;
     let q_stride = p.n_heads * hd;
@@ -157,7 +284,9 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
             let qrow = seq.token_start + t;
             for g in 0..group {
                 let h = kvh * group + g;
-                // SAFETY: head h of token `qrow` belongs to this (tile, KV head) item only.
+                // SAFETY: `(qrow + 1) * q_stride <= out.len()` and token ranges are disjoint
+                // (`check_args`), and head h < n_heads of token `qrow` belongs to this (tile, KV head)
+                // item only, so this is the only live reference to these `hd` values.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(p_out.0.add(qrow * q_stride + h * hd), hd)
                 };
@@ -176,7 +305,7 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
                 for g in 0..group {
                     let h = kvh * group + g;
                     let w = scores[((t - t0) * group + g) * n_keys + (j - lo)];
-                    // SAFETY: as above.
+                    // SAFETY: as above: in bounds, and this item's own head of its own token.
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(p_out.0.add(qrow * q_stride + h * hd), hd)
                     };
@@ -186,4 +315,5 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
         }
         SCRATCH.with(|c| c.set(bufs));
     });
+    Ok(())
 }

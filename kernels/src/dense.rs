@@ -60,13 +60,14 @@ macro_rules! dispatch {
                 Level::Avx512 => {
                     #[allow(dead_code)]
                     const FMA: bool = true;
-                    // SAFETY: the features were detected at run time.
+                    // SAFETY: `level()` returns `Avx512` only after detecting AVX-512F, AVX2 and FMA
+                    // on this CPU.
                     unsafe { run_avx512(|| $body) }
                 }
                 Level::Avx2 => {
                     #[allow(dead_code)]
                     const FMA: bool = true;
-                    // SAFETY: as above.
+                    // SAFETY: `level()` returns `Avx2` only after detecting AVX2 and FMA.
                     unsafe { run_avx2(|| $body) }
                 }
                 Level::Scalar => {
@@ -144,8 +145,10 @@ impl PackedLinear {
 
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
-// SAFETY: every task writes a disjoint region through it (see each use).
+// SAFETY: every task writes a disjoint, in-bounds region through it (see each use), and each job
+// ends before the `&mut` borrow the pointer came from does.
 unsafe impl Sync for SyncPtr {}
+// SAFETY: as for `Sync`.
 unsafe impl Send for SyncPtr {}
 
 impl SyncPtr {
@@ -165,7 +168,10 @@ pub fn linear(
 ) {
     let (k, n) = (w.k, w.n);
     let rows = x.len() / k;
-    assert!(out.len() >= rows * n, "linear: output too small");
+    assert!(
+        rows.checked_mul(n).is_some_and(|len| len <= out.len()),
+        "linear: output too small"
+    );
     let tasks = rows.div_ceil(MB);
     let optr = SyncPtr(out.as_mut_ptr());
     let lvl = level();
@@ -233,9 +239,11 @@ fn tile(
     assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && ldb >= NR && kc >= 1);
     assert!(b.len() >= (kc - 1) * ldb + NR);
     assert!(a.len() >= (mr - 1) * lda + kc && c.len() >= (mr - 1) * ldc + ncols);
+    assert!(bias.is_none_or(|b| b.len() >= NR));
     #[cfg(target_arch = "x86_64")]
     if lvl == Level::Avx512 {
-        // SAFETY: AVX-512F detected; the slices' extents are as checked above.
+        // SAFETY: `Level::Avx512` comes only from `level()`, which detected AVX-512F; the kernel's
+        // unmasked accesses stay inside the extents checked above (masked lanes are not accessed).
         unsafe { kernel_avx512(a, lda, b, ldb, kc, c, ldc, mr, ncols, bias) };
         return;
     }
@@ -325,8 +333,10 @@ unsafe fn kernel_avx512(
         }
         None => {
             for r in 0..mr {
+                // Masked-off lanes are not accessed; the second half's address may lie past `c`'s
+                // end when `ncols <= 16` (mask 0), hence `wrapping_add`.
                 acc[2 * r] = _mm512_maskz_loadu_ps(m0, cp.add(r * ldc));
-                acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, cp.add(r * ldc + 16));
+                acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, cp.wrapping_add(r * ldc + 16));
             }
         }
     }
@@ -347,7 +357,7 @@ unsafe fn kernel_avx512(
     }
     for r in 0..mr {
         _mm512_mask_storeu_ps(cp.add(r * ldc), m0, acc[2 * r]);
-        _mm512_mask_storeu_ps(cp.add(r * ldc + 16), m1, acc[2 * r + 1]);
+        _mm512_mask_storeu_ps(cp.wrapping_add(r * ldc + 16), m1, acc[2 * r + 1]);
     }
 }
 
@@ -508,10 +518,22 @@ pub fn attention(
     out: &mut [f32],
 ) {
     let hidden = heads * head_dim;
+    assert!(hidden > 0, "attention: heads and head_dim must be positive");
     let rows = qkv.len() / (3 * hidden);
     assert!(
-        out.len() >= rows * hidden && seqs.iter().all(|&(s, l)| s + l <= rows),
+        out.len() >= rows * hidden
+            && seqs
+                .iter()
+                .all(|&(s, l)| s.checked_add(l).is_some_and(|end| end <= rows)),
         "attention: sequences outside the buffers"
+    );
+    // Tasks write their sequences' rows through a shared pointer: two sequences sharing a row would
+    // race.
+    let mut ranges: Vec<(usize, usize)> = seqs.iter().copied().filter(|&(_, l)| l > 0).collect();
+    ranges.sort_unstable();
+    assert!(
+        ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+        "attention: sequences overlap"
     );
     let optr = SyncPtr(out.as_mut_ptr());
     let lvl = level();
@@ -702,6 +724,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "millions of scalar float ops, too slow to interpret; no unsafe code"
+    )]
     fn exp_and_erf_are_accurate() {
         let mut worst_exp = 0f64;
         let mut x = -87.0f32;
@@ -750,7 +776,14 @@ mod tests {
     #[test]
     fn linear_matches_reference_for_odd_shapes() {
         let mut seed = 7;
-        for &(rows, n, k) in &[(3, 5, 7), (8, 32, 16), (77, 40, 300), (130, 96, 513)] {
+        // Miri (scripts/miri-kernels.sh) interprets every op: small shapes that still cover partial
+        // row tiles, partial panels and several KC passes.
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(3, 5, 7), (9, 40, 260)]
+        } else {
+            &[(3, 5, 7), (8, 32, 16), (77, 40, 300), (130, 96, 513)]
+        };
+        for &(rows, n, k) in shapes {
             let x = rnd(rows * k, &mut seed);
             let w = rnd(n * k, &mut seed);
             let b = rnd(n, &mut seed);
@@ -767,20 +800,28 @@ mod tests {
     #[test]
     fn attention_matches_reference() {
         // head_dim 32 and 64 read V in place; 8 and 40 pack it.
-        for &(heads, hd) in &[(3, 8), (2, 32), (1, 64), (2, 40)] {
+        let cases: &[(usize, usize)] = if cfg!(miri) {
+            &[(1, 8), (1, 32)]
+        } else {
+            &[(3, 8), (2, 32), (1, 64), (2, 40)]
+        };
+        for &(heads, hd) in cases {
             attention_case(heads, hd);
         }
     }
 
     fn attention_case(heads: usize, hd: usize) {
         let hidden = heads * hd;
-        let seqs = [(0, 5), (5, 1), (6, 19), (25, 40)];
-        let rows = 65;
+        let (seqs, rows): (&[(usize, usize)], usize) = if cfg!(miri) {
+            (&[(0, 5), (5, 1), (6, 9)], 15)
+        } else {
+            (&[(0, 5), (5, 1), (6, 19), (25, 40)], 65)
+        };
         let mut seed = 3;
         let qkv = rnd(rows * 3 * hidden, &mut seed);
         let mut out = vec![0f32; rows * hidden];
-        attention(&qkv, &seqs, heads, hd, &mut out);
-        for &(start, len) in &seqs {
+        attention(&qkv, seqs, heads, hd, &mut out);
+        for &(start, len) in seqs {
             for h in 0..heads {
                 for i in 0..len {
                     let q = &qkv[(start + i) * 3 * hidden + h * hd..][..hd];

@@ -4,7 +4,7 @@
 //! (all tokens of a step). Activations are quantized once to the weight's partner format, then threads
 //! claim chunks of weight rows and compute every token's output for them, so each weight row is read
 //! from memory once per call whatever the batch size.
-use crate::cpu::{simd_level, SimdLevel};
+use crate::cpu;
 use crate::dot::{dot_f32, dot_fn};
 use crate::packed::{group_dot_scalar, quantize_row_q8a, BlockQ8A, PackedMatrix, GROUP};
 use crate::packed_k::PackedKMatrix;
@@ -40,11 +40,20 @@ impl<'a> QMatrix<'a> {
     }
 }
 
+/// The output pointer shared by a parallel job's tasks.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of output elements.
+// SAFETY: every task writes a disjoint set of in-bounds output elements (see each use), and the job
+// ends before the `&mut` output borrow it came from does.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared only to write disjoint elements.
 unsafe impl Sync for SendPtr {}
+
+/// Whether a buffer of `len` values holds `m` rows of `n` (without overflow: the kernels write
+/// through raw pointers up to that extent).
+fn holds(len: usize, m: usize, n: usize) -> bool {
+    m.checked_mul(n).is_some_and(|need| need <= len)
+}
 
 /// Rows of weights one task takes: enough tasks to balance the threads, few enough to keep the
 /// scheduling overhead small.
@@ -57,14 +66,13 @@ fn chunk_rows(rows: usize) -> usize {
 /// `out[i * w.rows + r] = W[r] · x[i]` for `i < m`, `r < w.rows`.
 pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut AlignedBytes) {
     let (rows, cols) = (w.rows, w.cols);
-    assert!(x.len() >= m * cols, "activation rows too short");
-    assert!(out.len() >= m * rows, "output too short");
+    assert!(holds(x.len(), m, cols), "activation rows too short");
+    assert!(holds(out.len(), m, rows), "output too short");
     let out_ptr = SendPtr(out.as_mut_ptr());
     let chunk = chunk_rows(rows);
     let n_chunks = rows.div_ceil(chunk);
-    match w.dtype.activation_partner() {
-        Some(partner) => {
-            let dot = dot_fn(w.dtype).expect("every quantized weight type has a dot product");
+    match (w.dtype.activation_partner(), dot_fn(w.dtype)) {
+        (Some(partner), Some(dot)) => {
             quantize_rows(partner, x, m, cols, scratch);
             let act = scratch.as_slice();
             let arb = partner.row_bytes(cols);
@@ -75,13 +83,15 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
                     let wr = &w.data[r * wrb..(r + 1) * wrb];
                     for i in 0..m {
                         let v = dot(wr, &act[i * arb..(i + 1) * arb]);
-                        // SAFETY: (i, r) is written by this task only; bounds asserted above.
+                        // SAFETY: i * rows + r < m * rows <= out.len() (asserted above), and
+                        // element (i, r) is written by this task only (its chunk of rows).
                         unsafe { *p.0.add(i * rows + r) = v };
                     }
                 }
             });
         }
-        None => {
+        // Float weights (and any format without a quantized dot product): dequantize each row.
+        _ => {
             parallel_for(n_chunks, |c| {
                 let p = out_ptr;
                 let mut wf = vec![0f32; cols];
@@ -89,7 +99,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], scratch: &mut A
                     dequantize_row(w.dtype, w.row(r), &mut wf);
                     for i in 0..m {
                         let v = dot_f32(&wf, &x[i * cols..(i + 1) * cols]);
-                        // SAFETY: as above.
+                        // SAFETY: as in the quantized branch: in bounds, and this task's rows only.
                         unsafe { *p.0.add(i * rows + r) = v };
                     }
                 }
@@ -108,6 +118,7 @@ fn run_packed_groups<A: Sync>(
     tile: impl Fn(usize, &[&[A]], &mut [[f32; GROUP]; MAX_TILE]) + Sync,
 ) {
     let m = acts.len();
+    assert!(holds(out.len(), m, rows), "output too short");
     let groups = rows / GROUP;
     let chunk = chunk_rows(groups).clamp(1, 64);
     let n_chunks = groups.div_ceil(chunk);
@@ -120,7 +131,9 @@ fn run_packed_groups<A: Sync>(
                 let n_tok = tile_tokens.min(m - t0);
                 tile(g, &acts[t0..t0 + n_tok], &mut vals);
                 for (t, v) in vals.iter().enumerate().take(n_tok) {
-                    // SAFETY: rows 8g..8g+8 of token t0 + t belong to this task only.
+                    // SAFETY: `(t0 + t) * rows + g * GROUP + GROUP <= m * rows <= out.len()` (g <
+                    // rows / GROUP, t0 + t < m; callers assert the output length), and rows
+                    // 8g..8g+8 of token t0 + t belong to this task only (chunks are disjoint).
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             v.as_ptr(),
@@ -134,7 +147,7 @@ fn run_packed_groups<A: Sync>(
     });
 }
 
-/// `out[i * w.rows + r] = W[r] · x[i]` for a packed 32-element-block matrix (see [`crate::packed`]).
+/// `out[i * w.rows() + r] = W[r] · x[i]` for a packed 32-element-block matrix (see [`crate::packed`]).
 pub fn matmul_packed(
     w: &PackedMatrix,
     x: &[f32],
@@ -142,9 +155,9 @@ pub fn matmul_packed(
     out: &mut [f32],
     scratch: &mut AlignedBytes,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert!(x.len() >= m * cols, "activation rows too short");
-    assert!(out.len() >= m * rows, "output too short");
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(holds(x.len(), m, cols), "activation rows too short");
+    assert!(holds(out.len(), m, rows), "output too short");
     let act_row = cols / QK * std::mem::size_of::<BlockQ8A>();
     scratch.resize(m * act_row);
     for (xr, ar) in x[..m * cols]
@@ -158,12 +171,11 @@ pub fn matmul_packed(
         .chunks_exact(act_row)
         .map(as_blocks::<BlockQ8A>)
         .collect();
-    let vnni = simd_level() >= SimdLevel::Avx512Vnni;
+    let vnni = cpu::avx512_vnni();
     run_packed_groups(rows, &acts, out, BLOCK32_TILE, |g, tile_acts, vals| {
         #[cfg(target_arch = "x86_64")]
-        if vnni {
-            // SAFETY: VNNI presence checked at run time.
-            unsafe { crate::packed::vnni::group_tile(w, g, tile_acts, vals) };
+        if let Some(proof) = vnni {
+            crate::packed::vnni::group_tile(proof, w, g, tile_acts, vals);
             return;
         }
         let _ = vnni;
@@ -173,8 +185,9 @@ pub fn matmul_packed(
     });
 }
 
-/// `out[i * w.rows + r] = W[r] · x[i]` for a packed K-quant matrix (see [`crate::packed_k`]); such
-/// matrices only exist where the CPU has AVX-512 VNNI.
+/// `out[i * w.rows() + r] = W[r] · x[i]` for a packed K-quant matrix (see [`crate::packed_k`]); such
+/// matrices only exist where the CPU has AVX-512 VNNI (panics elsewhere, or where `INHAUS_SIMD`
+/// disables it).
 #[cfg(target_arch = "x86_64")]
 pub fn matmul_packed_k(
     w: &PackedKMatrix,
@@ -183,15 +196,14 @@ pub fn matmul_packed_k(
     out: &mut [f32],
     scratch: &mut AlignedBytes,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert!(x.len() >= m * cols, "activation rows too short");
-    assert!(out.len() >= m * rows, "output too short");
-    assert!(
-        simd_level() >= SimdLevel::Avx512Vnni,
-        "packed K-quant matrices need AVX-512 VNNI"
-    );
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(holds(x.len(), m, cols), "activation rows too short");
+    assert!(holds(out.len(), m, rows), "output too short");
+    let Some(proof) = cpu::avx512_vnni() else {
+        panic!("packed K-quant matrices need AVX-512 VNNI");
+    };
     quantize_rows(GgmlType::Q8K, x, m, cols, scratch);
-    match w.dtype {
+    match w.dtype() {
         GgmlType::Q4K => {
             crate::packed_k::pair_q4k_activations(as_blocks_mut(scratch.as_mut_slice()))
         }
@@ -204,7 +216,6 @@ pub fn matmul_packed_k(
         .map(as_blocks::<BlockQ8K>)
         .collect();
     run_packed_groups(rows, &acts, out, MAX_TILE, |g, tile_acts, vals| {
-        // SAFETY: VNNI presence asserted above.
-        unsafe { crate::packed_k::vnni::group_tile(w, g, tile_acts, vals) };
+        crate::packed_k::vnni::group_tile(proof, w, g, tile_acts, vals);
     });
 }

@@ -106,8 +106,10 @@ fn gelu_table() -> &'static [f32] {
 pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
-        // SAFETY: AVX2/F16C presence checked at run time; the table covers every u16 index.
+    if let Some(_proof) = crate::cpu::avx2() {
+        // SAFETY: the token proves AVX2, FMA and F16C; the gather indexes the table (65536 entries,
+        // one per u16) with 16-bit values, and the loads and stores stay below both slices' common
+        // length.
         unsafe { gelu_mul_avx2(gate, up, table) };
         return;
     }
@@ -127,10 +129,12 @@ fn gelu_lookup(x: f32, table: &[f32]) -> f32 {
     }
 }
 
+/// Needs AVX2, FMA and F16C, and `table` must hold 65536 entries.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gelu_mul_avx2(gate: &mut [f32], up: &[f32], table: &[f32]) {
     use std::arch::x86_64::*;
+    debug_assert!(table.len() > u16::MAX as usize);
     let n = gate.len().min(up.len());
     let lo = _mm256_set1_ps(-10.0);
     let hi = _mm256_set1_ps(10.0);

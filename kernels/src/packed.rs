@@ -15,15 +15,16 @@ use half::f16;
 /// Rows per packed group.
 pub const GROUP: usize = 8;
 
-/// An activation block for packed matmuls: scale, the sum of the quants (exact, for the offset
-/// correction), scale × sum rounded through f16 (Q4_1's min term, as llama.cpp's Q8_1), and the quants.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8A {
-    pub d: f32,
-    pub s: f32,
-    pub sum: i32,
-    pub qs: [i8; QK],
+crate::quant::pod_struct! {
+    /// An activation block for packed matmuls: scale, the sum of the quants (exact, for the offset
+    /// correction), scale × sum rounded through f16 (Q4_1's min term, as llama.cpp's Q8_1), and the
+    /// quants.
+    pub struct BlockQ8A {
+        pub d: f32,
+        pub s: f32,
+        pub sum: i32,
+        pub qs: [i8; QK],
+    }
 }
 
 /// Quantizes one activation row to [`BlockQ8A`] blocks, with the same integers and (f16-rounded) scale
@@ -46,11 +47,19 @@ pub fn quantize_row_q8a(x: &[f32], out: &mut [BlockQ8A]) {
     }
 }
 
-/// A weight matrix in the packed layout.
+/// A weight matrix in the packed layout. Its fields are private so that its shape always matches its
+/// data (the VNNI kernel reads records through raw pointers):
+/// ```compile_fail
+/// # use inhaus_kernels::{packed::PackedMatrix, GgmlType};
+/// # let raw = vec![0u8; 8 * 34];
+/// if let Some(mut p) = PackedMatrix::pack(GgmlType::Q8_0, 8, 32, &raw) {
+///     p.cols = 1 << 20;
+/// }
+/// ```
 pub struct PackedMatrix {
-    pub dtype: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
     data: AlignedBytes,
 }
 
@@ -212,6 +221,18 @@ impl PackedMatrix {
         })
     }
 
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     pub fn record(&self) -> usize {
         record_bytes(self.dtype).unwrap_or(0)
     }
@@ -269,6 +290,7 @@ pub fn group_dot_scalar(m: &PackedMatrix, g: usize, act: &[BlockQ8A], out: &mut 
 pub mod vnni {
     //! The AVX-512 VNNI kernel over packed groups: up to 4 activation rows share each unpacked block.
     use super::{BlockQ8A, PackedMatrix, GROUP};
+    use crate::cpu::Avx512Vnni;
     use crate::quant::{GgmlType, QK};
     use std::arch::x86_64::*;
 
@@ -330,10 +352,13 @@ pub mod vnni {
         let mut w = [_mm256_setzero_si256(); 8];
         for b in 0..nb {
             let r = base.add(b * rec);
-            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 64) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 128) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(r.add(4 * rec + 192) as *const i8);
+            // Prefetches may point past the matrix's end (the last records of the last group):
+            // `wrapping_add` keeps that address arithmetic defined, and a prefetch never faults.
+            let ahead = r.wrapping_add(4 * rec);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(192) as *const i8);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(r as *const __m128i));
             unpack::<F>(r.add(qstart), &mut w);
             for t in 0..N {
@@ -366,13 +391,36 @@ pub mod vnni {
         }
     }
 
-    /// `out[t][8 rows]` for the `n_tok ≤ TILE` activation rows starting at `acts`, group `g`.
+    /// `out[t][8 rows]` for the `acts.len() ≤ TILE` activation rows `acts`, group `g` of `m`.
     ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
-    /// `m.cols / 32` blocks and `g` must be a group of `m`.
+    /// Panics unless `g` is a group of `m`, `1 ≤ acts.len() ≤ TILE` and each of `acts` holds at least
+    /// `m.cols() / 32` blocks (the kernel reads them through raw pointers).
+    pub fn group_tile(
+        _proof: Avx512Vnni,
+        m: &PackedMatrix,
+        g: usize,
+        acts: &[&[BlockQ8A]],
+        out: &mut Out,
+    ) {
+        let nb = m.cols / QK;
+        assert!(g < m.rows / GROUP, "group_tile: group {g} out of range");
+        assert!(
+            (1..=TILE).contains(&acts.len()),
+            "group_tile: {} activation rows (1..={TILE})",
+            acts.len()
+        );
+        assert!(
+            acts.iter().all(|a| a.len() >= nb),
+            "group_tile: an activation row is shorter than {nb} blocks"
+        );
+        // SAFETY: the token proves the kernel's CPU features; `g` is a group of `m`, so its `nb`
+        // records lie inside `m.bytes()` (a packed matrix holds exactly `rows / GROUP * nb` records,
+        // and its fields are private); each activation row holds `nb` blocks (checked above).
+        unsafe { group_tile_imp(m, g, acts, out) }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group_tile(m: &PackedMatrix, g: usize, acts: &[&[BlockQ8A]], out: &mut Out) {
+    unsafe fn group_tile_imp(m: &PackedMatrix, g: usize, acts: &[&[BlockQ8A]], out: &mut Out) {
         let rec = m.record();
         let nb = m.cols / QK;
         let off = m.offset();

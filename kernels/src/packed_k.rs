@@ -19,10 +19,12 @@ use crate::quantize::AlignedBytes;
 /// Rows per packed group.
 pub const GROUP: usize = 8;
 
+/// A K-quant weight matrix in the packed layout. Its fields are private so that its shape always
+/// matches its data (the VNNI kernels read records through raw pointers).
 pub struct PackedKMatrix {
-    pub dtype: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
     data: AlignedBytes,
 }
 
@@ -152,6 +154,18 @@ impl PackedKMatrix {
         })
     }
 
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     pub fn record(&self) -> usize {
         record_bytes(self.dtype).unwrap_or(0)
     }
@@ -197,6 +211,7 @@ pub fn pair_q6k_activations(blocks: &mut [BlockQ8K]) {
 pub mod vnni {
     //! AVX-512 VNNI kernels over packed K-quant groups; up to `TILE` activation rows per pass.
     use super::{BlockQ8K, PackedKMatrix, GROUP};
+    use crate::cpu::Avx512Vnni;
     use crate::quant::{GgmlType, QK_K};
     use std::arch::x86_64::*;
 
@@ -359,13 +374,37 @@ pub mod vnni {
         }
     }
 
-    /// `out[t][8 rows]` for up to `TILE` activation rows (Q8_K blocks), group `g`.
+    /// `out[t][8 rows]` for the `acts.len() ≤ TILE` activation rows `acts` (Q8_K blocks arranged by
+    /// [`super::pair_q4k_activations`] or [`super::pair_q6k_activations`]), group `g` of `m`.
     ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; each of `acts` must hold
-    /// `m.cols / 256` blocks and `g` must be a group of `m`.
+    /// Panics unless `g` is a group of `m`, `1 ≤ acts.len() ≤ TILE` and each of `acts` holds at least
+    /// `m.cols() / 256` blocks (the kernels read them through raw pointers).
+    pub fn group_tile(
+        _proof: Avx512Vnni,
+        m: &PackedKMatrix,
+        g: usize,
+        acts: &[&[BlockQ8K]],
+        out: &mut [[f32; GROUP]; TILE],
+    ) {
+        let nb = m.cols / QK_K;
+        assert!(g < m.rows / GROUP, "group_tile: group {g} out of range");
+        assert!(
+            (1..=TILE).contains(&acts.len()),
+            "group_tile: {} activation rows (1..={TILE})",
+            acts.len()
+        );
+        assert!(
+            acts.iter().all(|a| a.len() >= nb),
+            "group_tile: an activation row is shorter than {nb} blocks"
+        );
+        // SAFETY: the token proves the kernels' CPU features; `g` is a group of `m`, so its `nb`
+        // records lie inside `m.bytes()` (a packed matrix holds exactly `rows / GROUP * nb` records,
+        // and its fields are private); each activation row holds `nb` blocks (checked above).
+        unsafe { group_tile_imp(m, g, acts, out) }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group_tile(
+    unsafe fn group_tile_imp(
         m: &PackedKMatrix,
         g: usize,
         acts: &[&[BlockQ8K]],

@@ -103,9 +103,11 @@ fn try_claim(shared: &Shared, generation: u64, n: usize) -> Option<usize> {
 }
 
 fn work(shared: &Shared, job: Job) {
-    // SAFETY: the claim succeeded, so the caller of this job is still waiting in `run`.
-    let f = unsafe { &*job.f };
     while let Some(i) = try_claim(shared, job.generation, job.n) {
+        // SAFETY: the claim of task i succeeded and i has not finished, so the caller of this job is
+        // still waiting in `run` and the closure is alive. (The reference is made only now: a worker
+        // that read the job late may find every task claimed, and then its closure may be gone.)
+        let f = unsafe { &*job.f };
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
             shared.panicked.store(true, Ordering::Release);
         }
@@ -193,7 +195,7 @@ impl Pool {
         let _one = self.submit.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
         let generation = s.generation.load(Ordering::Acquire) + 1;
-        // SAFETY (lifetime erasure): this function does not return before `done == n`, and no task
+        // SAFETY: (lifetime erasure) this function does not return before `done == n`, and no task
         // can be claimed once all `n` are, so no call through `f` outlives this frame.
         let f_static: *const TaskFn =
             unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static TaskFn>(f) };

@@ -2,6 +2,8 @@
 //!
 //! Each quantized format packs `block_elems()` weights into `block_bytes()` bytes. Structs are `repr(C)`
 //! and match the on-disk layout byte for byte, so weight rows are used straight from the mapped file.
+//! Only types that implement the sealed [`Pod`] trait (the block structs, checked for padding at
+//! compile time) can be viewed from bytes, and the views check length and alignment.
 use half::f16;
 
 /// The tensor element types inhaus reads from GGUF files (ids as in the GGUF spec).
@@ -88,89 +90,128 @@ impl GgmlType {
 pub const QK: usize = 32;
 pub const QK_K: usize = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ4_0 {
-    pub d: f16,
-    pub qs: [u8; QK / 2],
+/// Plain-old-data block types that may be viewed from (and as) raw bytes.
+///
+/// Sealed: only the GGUF block structs of this crate implement it, so no caller can reinterpret bytes
+/// as a type with invalid bit patterns (`bool`, references, enums) or padding.
+///
+/// # Safety
+/// An implementor is `#[repr(C)]`, has a non-zero size and no padding, holds no pointers, references or
+/// interior mutability, and every bit pattern of its size is a valid value of it. `pod_struct!` checks
+/// all of this at compile time for the structs it defines (the only implementors).
+pub unsafe trait Pod: sealed::Sealed + Copy + Send + Sync + 'static {}
+
+/// Holds the trait that seals [`Pod`]: nameable inside this crate only.
+pub(crate) mod sealed {
+    pub trait Sealed {}
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ4_1 {
-    pub d: f16,
-    pub m: f16,
-    pub qs: [u8; QK / 2],
-}
+/// Field types of a [`Pod`] struct: every bit pattern valid, no padding, no pointers.
+pub(crate) trait PodField {}
+impl PodField for u8 {}
+impl PodField for i8 {}
+impl PodField for u16 {}
+impl PodField for i16 {}
+impl PodField for i32 {}
+impl PodField for u32 {}
+impl PodField for f32 {}
+impl PodField for f16 {}
+impl<T: PodField, const N: usize> PodField for [T; N] {}
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ5_0 {
-    pub d: f16,
-    pub qh: [u8; 4],
-    pub qs: [u8; QK / 2],
-}
+/// Compiles only for [`PodField`] types (called from `pod_struct!`'s compile-time checks).
+pub(crate) const fn pod_field<T: PodField>() {}
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ5_1 {
-    pub d: f16,
-    pub m: f16,
-    pub qh: [u8; 4],
-    pub qs: [u8; QK / 2],
+/// Defines `#[repr(C)]` block structs and implements [`Pod`] for them, after checking at compile time
+/// that every field is a [`PodField`] and that each struct's size is the sum of its fields' sizes (no
+/// padding) and is not zero.
+macro_rules! pod_struct {
+    ($($(#[$m:meta])* pub struct $t:ident { $(pub $f:ident: $ft:ty),+ $(,)? })+) => {$(
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        pub struct $t {
+            $(pub $f: $ft),+
+        }
+        const _: () = {
+            $($crate::quant::pod_field::<$ft>();)+
+            let fields = 0 $(+ std::mem::size_of::<$ft>())+;
+            assert!(std::mem::size_of::<$t>() == fields, "block struct has padding");
+            assert!(fields > 0);
+        };
+        impl $crate::quant::sealed::Sealed for $t {}
+        // SAFETY: `$t` is `#[repr(C)]`; the checks above prove its fields are `PodField`s (integers,
+        // `f32`, `f16` and arrays of them: every bit pattern valid, no pointers or cells) and that it has
+        // no padding and a non-zero size.
+        unsafe impl $crate::quant::Pod for $t {}
+    )+};
 }
+pub(crate) use pod_struct;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8_0 {
-    pub d: f16,
-    pub qs: [i8; QK],
-}
+pod_struct! {
+    pub struct BlockQ4_0 {
+        pub d: f16,
+        pub qs: [u8; QK / 2],
+    }
 
-/// 8-bit activations for Q4_1/Q5_1 weights: `s = d * sum(qs)` carries the offset term.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8_1 {
-    pub d: f16,
-    pub s: f16,
-    pub qs: [i8; QK],
-}
+    pub struct BlockQ4_1 {
+        pub d: f16,
+        pub m: f16,
+        pub qs: [u8; QK / 2],
+    }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ4K {
-    pub d: f16,
-    pub dmin: f16,
-    pub scales: [u8; 12],
-    pub qs: [u8; QK_K / 2],
-}
+    pub struct BlockQ5_0 {
+        pub d: f16,
+        pub qh: [u8; 4],
+        pub qs: [u8; QK / 2],
+    }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ5K {
-    pub d: f16,
-    pub dmin: f16,
-    pub scales: [u8; 12],
-    pub qh: [u8; QK_K / 8],
-    pub qs: [u8; QK_K / 2],
-}
+    pub struct BlockQ5_1 {
+        pub d: f16,
+        pub m: f16,
+        pub qh: [u8; 4],
+        pub qs: [u8; QK / 2],
+    }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ6K {
-    pub ql: [u8; QK_K / 2],
-    pub qh: [u8; QK_K / 4],
-    pub scales: [i8; QK_K / 16],
-    pub d: f16,
-}
+    pub struct BlockQ8_0 {
+        pub d: f16,
+        pub qs: [i8; QK],
+    }
 
-/// 8-bit activations for K-quant weights, with per-16 sums for the min terms.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8K {
-    pub d: f32,
-    pub qs: [i8; QK_K],
-    pub bsums: [i16; QK_K / 16],
+    /// 8-bit activations for Q4_1/Q5_1 weights: `s = d * sum(qs)` carries the offset term.
+    pub struct BlockQ8_1 {
+        pub d: f16,
+        pub s: f16,
+        pub qs: [i8; QK],
+    }
+
+    pub struct BlockQ4K {
+        pub d: f16,
+        pub dmin: f16,
+        pub scales: [u8; 12],
+        pub qs: [u8; QK_K / 2],
+    }
+
+    pub struct BlockQ5K {
+        pub d: f16,
+        pub dmin: f16,
+        pub scales: [u8; 12],
+        pub qh: [u8; QK_K / 8],
+        pub qs: [u8; QK_K / 2],
+    }
+
+    pub struct BlockQ6K {
+        pub ql: [u8; QK_K / 2],
+        pub qh: [u8; QK_K / 4],
+        pub scales: [i8; QK_K / 16],
+        pub d: f16,
+    }
+
+    /// 8-bit activations for K-quant weights, with per-16 sums for the min terms.
+    pub struct BlockQ8K {
+        pub d: f32,
+        pub qs: [i8; QK_K],
+        pub bsums: [i16; QK_K / 16],
+    }
 }
 
 const _: () = {
@@ -186,35 +227,95 @@ const _: () = {
     assert!(std::mem::size_of::<BlockQ8K>() == 292);
 };
 
-/// Views a byte slice as blocks of `T`. Panics (a programming error, not input) when the length or
-/// alignment does not fit; callers check alignment once at load time.
-pub fn as_blocks<T>(bytes: &[u8]) -> &[T] {
-    let size = std::mem::size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "byte length is not a whole number of blocks"
-    );
-    assert!(
-        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
-        "block data misaligned"
-    );
-    // SAFETY: length and alignment checked above; all block types are plain old data.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
+/// Why a byte slice cannot be viewed as blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockViewError {
+    /// The length is not a whole number of blocks.
+    Length { len: usize, block: usize },
+    /// The start is not aligned to the block type's alignment.
+    Misaligned { addr: usize, align: usize },
+}
+
+impl std::fmt::Display for BlockViewError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Length { len, block } => {
+                write!(
+                    f,
+                    "{len} bytes is not a whole number of {block}-byte blocks"
+                )
+            }
+            Self::Misaligned { addr, align } => {
+                write!(f, "block data at {addr:#x} is not {align}-byte aligned")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BlockViewError {}
+
+fn check_view<T: Pod>(bytes: &[u8]) -> Result<usize, BlockViewError> {
+    let (size, align) = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
+    if !bytes.len().is_multiple_of(size) {
+        return Err(BlockViewError::Length {
+            len: bytes.len(),
+            block: size,
+        });
+    }
+    let addr = bytes.as_ptr() as usize;
+    if !addr.is_multiple_of(align) {
+        return Err(BlockViewError::Misaligned { addr, align });
+    }
+    Ok(bytes.len() / size)
+}
+
+/// Views a byte slice as blocks of `T`, or says why it cannot (length or alignment).
+///
+/// Only the block types ([`Pod`]) can be viewed; a type with invalid bit patterns cannot:
+/// ```compile_fail
+/// let _ = inhaus_kernels::quant::try_as_blocks::<bool>(&[2u8]);
+/// ```
+pub fn try_as_blocks<T: Pod>(bytes: &[u8]) -> Result<&[T], BlockViewError> {
+    let n = check_view::<T>(bytes)?;
+    // SAFETY: `bytes` covers exactly `n * size_of::<T>()` initialized bytes starting at an address
+    // aligned for `T` (checked above), `T: Pod` makes every bit pattern a valid `T`, and the result
+    // borrows `bytes`, so the memory stays valid and unmutated for its lifetime.
+    Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n) })
+}
+
+/// Mutable counterpart of [`try_as_blocks`].
+pub fn try_as_blocks_mut<T: Pod>(bytes: &mut [u8]) -> Result<&mut [T], BlockViewError> {
+    let n = check_view::<T>(bytes)?;
+    // SAFETY: as in `try_as_blocks`; the exclusive borrow of `bytes` moves to the result, and any
+    // `T` written through it is plain bytes again (`T: Pod` has no padding).
+    Ok(unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), n) })
+}
+
+/// Views a byte slice as blocks of `T` (a [`Pod`] block type; `as_blocks::<bool>` does not compile).
+/// Panics (a programming error, not input) when the length or
+/// alignment does not fit; model loading checks alignment once, and [`try_as_blocks`] reports it.
+pub fn as_blocks<T: Pod>(bytes: &[u8]) -> &[T] {
+    match try_as_blocks(bytes) {
+        Ok(blocks) => blocks,
+        Err(e) => panic!("as_blocks: {e}"),
+    }
 }
 
 /// Mutable counterpart of [`as_blocks`].
-pub fn as_blocks_mut<T>(bytes: &mut [u8]) -> &mut [T] {
-    let size = std::mem::size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "byte length is not a whole number of blocks"
-    );
-    assert!(
-        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
-        "block data misaligned"
-    );
-    // SAFETY: as above; the caller holds the only reference.
-    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut T, bytes.len() / size) }
+pub fn as_blocks_mut<T: Pod>(bytes: &mut [u8]) -> &mut [T] {
+    match try_as_blocks_mut(bytes) {
+        Ok(blocks) => blocks,
+        Err(e) => panic!("as_blocks_mut: {e}"),
+    }
+}
+
+/// The bytes of a slice of blocks (e.g. to store or compare them).
+pub fn blocks_as_bytes<T: Pod>(blocks: &[T]) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding, so all `size_of_val(blocks)` bytes are initialized; `u8` has
+    // alignment 1 and the result borrows `blocks`.
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K super-block.

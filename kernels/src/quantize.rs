@@ -16,11 +16,13 @@ impl AlignedBytes {
         self.len = len;
     }
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `words` holds at least `len` initialized bytes.
+        // SAFETY: `words` holds `len.div_ceil(8) * 8 >= len` initialized bytes (`resize` zero-fills),
+        // u8 needs no alignment, and the result borrows `self`.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, exclusive borrow.
+        // SAFETY: as in `as_slice`; the exclusive borrow of `self` moves to the result, and any bytes
+        // written are valid `u64` bits.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
     }
 }
@@ -90,14 +92,23 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut u8);
-// SAFETY: tasks write disjoint rows.
+// SAFETY: tasks write disjoint, in-bounds rows, and the job ends before the buffer's borrow does.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for SendPtr {}
 
 /// Quantizes `m` rows of `k` f32 values to `partner` format into `buf` (row after row).
 pub fn quantize_rows(partner: GgmlType, x: &[f32], m: usize, k: usize, buf: &mut AlignedBytes) {
     let row_bytes = partner.row_bytes(k);
-    buf.resize(row_bytes * m);
+    assert!(
+        m.checked_mul(k).is_some_and(|n| n <= x.len()),
+        "quantize_rows: {m} rows of {k} need more than {} values",
+        x.len()
+    );
+    let total = row_bytes
+        .checked_mul(m)
+        .unwrap_or_else(|| panic!("quantize_rows: {m} rows of {row_bytes} bytes overflow"));
+    buf.resize(total);
     let bytes = buf.as_mut_slice();
     let run = |(xr, br): (&[f32], &mut [u8])| match partner {
         GgmlType::Q8_0 => quantize_row_q8_0(xr, as_blocks_mut(br)),
@@ -109,7 +120,8 @@ pub fn quantize_rows(partner: GgmlType, x: &[f32], m: usize, k: usize, buf: &mut
         let ptr = SendPtr(bytes.as_mut_ptr());
         crate::pool::parallel_for(m, |i| {
             let p = ptr;
-            // SAFETY: row i of the output is written by task i only.
+            // SAFETY: i < m, so bytes i * row_bytes .. (i + 1) * row_bytes lie inside `buf` (resized
+            // to m * row_bytes above), and row i is written by task i only.
             let out = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * row_bytes), row_bytes) };
             run((&x[i * k..(i + 1) * k], out));
         });

@@ -1,34 +1,72 @@
 //! AVX2 + FMA + F16C dot products (x86-64), used when the CPU reports those features at run time.
 //! Integer products use `maddubs` (u8 × i8 → i16 pairs) then `madd` (→ i32), one 32-byte vector per
 //! 32 weights; the scale of each block is applied in f32 with one FMA.
-#![allow(clippy::missing_safety_doc)]
+//!
+//! Every `#[target_feature]` function here is private; the public entry points take a
+//! [`crate::cpu`] token, which only run-time detection creates, so safe code cannot reach an
+//! instruction the CPU lacks. The kernels read whole blocks through `as_blocks` (which checks length
+//! and alignment) and never load past a block's fields.
 use super::DotFn;
+use crate::cpu::{Avx2, Avx512Vnni};
 use crate::quant::*;
 use std::arch::x86_64::*;
 
-pub fn dot_fn(weight: GgmlType) -> Option<DotFn> {
-    // Each wrapper is only handed out after `simd_level()` confirmed AVX2/FMA/F16C.
+/// A safe [`DotFn`] calling the `unsafe` kernel `$k`, whose CPU features the caller's token proves.
+macro_rules! wrap {
+    ($k:path, $features:literal) => {
+        |w: &[u8], a: &[u8]| -> f32 {
+            // SAFETY: this closure is only returned by a function that received the token proving
+            // the kernel's features (`$features`) on this CPU; the kernel's memory accesses stay
+            // inside the blocks its slices view.
+            unsafe { $k(w, a) }
+        }
+    };
+}
+
+/// The AVX2 kernels (`None` where only a scalar one exists). The token argument proves the CPU has
+/// the features; without one the table cannot be had:
+/// ```compile_fail
+/// let _ = inhaus_kernels::dot::avx2::dot_fn(inhaus_kernels::GgmlType::Q4_0);
+/// ```
+pub fn dot_fn(_proof: Avx2, weight: GgmlType) -> Option<DotFn> {
     Some(match weight {
-        GgmlType::Q4_0 => |w, a| unsafe { plain::q4_0_q8_0(w, a) },
-        GgmlType::Q4_1 => |w, a| unsafe { plain::q4_1_q8_1(w, a) },
-        GgmlType::Q5_0 => |w, a| unsafe { plain::q5_0_q8_0(w, a) },
-        GgmlType::Q8_0 => |w, a| unsafe { plain::q8_0_q8_0(w, a) },
-        GgmlType::Q4K => |w, a| unsafe { q4k_q8k(w, a) },
-        GgmlType::Q6K => |w, a| unsafe { q6k_q8k(w, a) },
+        GgmlType::Q4_0 => wrap!(plain::q4_0_q8_0, "avx2,fma,f16c"),
+        GgmlType::Q4_1 => wrap!(plain::q4_1_q8_1, "avx2,fma,f16c"),
+        GgmlType::Q5_0 => wrap!(plain::q5_0_q8_0, "avx2,fma,f16c"),
+        GgmlType::Q8_0 => wrap!(plain::q8_0_q8_0, "avx2,fma,f16c"),
+        GgmlType::Q4K => wrap!(q4k_q8k, "avx2,fma,f16c"),
+        GgmlType::Q6K => wrap!(q6k_q8k, "avx2,fma,f16c"),
         _ => return None,
     })
 }
 
 /// The AVX-512 VNNI kernels where they differ from AVX2; `None` falls back to [`dot_fn`].
-pub fn dot_fn_vnni(weight: GgmlType) -> Option<DotFn> {
-    // Each wrapper is only handed out after `simd_level()` confirmed AVX-512 VNNI/VL/BW.
+pub fn dot_fn_vnni(_proof: Avx512Vnni, weight: GgmlType) -> Option<DotFn> {
     Some(match weight {
-        GgmlType::Q4_0 => |w, a| unsafe { vnni::q4_0_q8_0(w, a) },
-        GgmlType::Q4_1 => |w, a| unsafe { vnni::q4_1_q8_1(w, a) },
-        GgmlType::Q5_0 => |w, a| unsafe { vnni::q5_0_q8_0(w, a) },
-        GgmlType::Q8_0 => |w, a| unsafe { vnni::q8_0_q8_0(w, a) },
+        GgmlType::Q4_0 => wrap!(vnni::q4_0_q8_0, "avx512 vnni"),
+        GgmlType::Q4_1 => wrap!(vnni::q4_1_q8_1, "avx512 vnni"),
+        GgmlType::Q5_0 => wrap!(vnni::q5_0_q8_0, "avx512 vnni"),
+        GgmlType::Q8_0 => wrap!(vnni::q8_0_q8_0, "avx512 vnni"),
         _ => return None,
     })
+}
+
+/// f32 · f32 over the common length of `a` and `b`.
+pub fn dot_f32(_proof: Avx2, a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: the token proves AVX2 and FMA; `dot_f32_imp` reads only inside both slices.
+    unsafe { dot_f32_imp(a, b) }
+}
+
+/// `y += alpha * x` over the common length.
+pub fn axpy_f32(_proof: Avx2, y: &mut [f32], alpha: f32, x: &[f32]) {
+    // SAFETY: the token proves AVX2 and FMA; `axpy_f32_imp` stays inside both slices.
+    unsafe { axpy_f32_imp(y, alpha, x) }
+}
+
+/// f16 → f32 over the common length.
+pub fn f16_to_f32(_proof: Avx2, x: &[half::f16], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 and F16C; `f16_to_f32_imp` stays inside both slices.
+    unsafe { f16_to_f32_imp(x, out) }
 }
 
 /// f16 → f32 with the F16C instruction (the `half` crate dispatches at run time on every call).
@@ -96,7 +134,7 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
 macro_rules! block32_kernels {
     ($feat:literal, $mul_i8:path, $mul_u8:path) => {
         #[target_feature(enable = $feat)]
-        pub unsafe fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+        pub(super) unsafe fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
             let (w, a) = (as_blocks::<BlockQ8_0>(w), as_blocks::<BlockQ8_0>(a));
             let mut acc = _mm256_setzero_ps();
             for (x, y) in w.iter().zip(a) {
@@ -109,7 +147,7 @@ macro_rules! block32_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        pub unsafe fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+        pub(super) unsafe fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
             let (w, a) = (as_blocks::<BlockQ4_0>(w), as_blocks::<BlockQ8_0>(a));
             let mut acc = _mm256_setzero_ps();
             let off = _mm256_set1_epi8(8);
@@ -123,7 +161,7 @@ macro_rules! block32_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        pub unsafe fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
+        pub(super) unsafe fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
             let (w, a) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
             let mut acc = _mm256_setzero_ps();
             let mut offset = 0f32;
@@ -138,7 +176,7 @@ macro_rules! block32_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        pub unsafe fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+        pub(super) unsafe fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
             let (w, a) = (as_blocks::<BlockQ5_0>(w), as_blocks::<BlockQ8_0>(a));
             let mut acc = _mm256_setzero_ps();
             let high_off = _mm256_set1_epi8(0xF0u8 as i8);
@@ -157,14 +195,15 @@ macro_rules! block32_kernels {
     };
 }
 
-/// AVX2 flavour: `maddubs` + `madd`.
-pub mod plain {
+/// AVX2 flavour: `maddubs` + `madd`. Callers must hold the [`Avx2`] token.
+mod plain {
     use super::*;
     block32_kernels!("avx2,fma,f16c", mul_sum_i8, mul_sum_u8_i8);
 }
 
 /// AVX-512 VNNI flavour (256-bit, EVEX): one `vpdpbusd` per 32 products, no 16-bit intermediate.
-pub mod vnni {
+/// Callers must hold the [`Avx512Vnni`] token.
+mod vnni {
     use super::*;
     block32_kernels!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
@@ -189,8 +228,9 @@ unsafe fn mul_sum_u8_i8_vnni(x: __m256i, y: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y))
 }
 
+/// Needs AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4k_q8k(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q4k_q8k(w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
     let mut acc = _mm256_setzero_ps();
     let mut mins_total = 0f32;
@@ -231,8 +271,9 @@ pub unsafe fn q4k_q8k(w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) - mins_total
 }
 
+/// Needs AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
     let mut acc = _mm256_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0F);
@@ -275,7 +316,7 @@ pub unsafe fn q6k_q8k(w: &[u8], a: &[u8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_f32_imp(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
@@ -302,7 +343,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
+unsafe fn axpy_f32_imp(y: &mut [f32], alpha: f32, x: &[f32]) {
     let n = y.len().min(x.len());
     let av = _mm256_set1_ps(alpha);
     let mut i = 0;
@@ -319,7 +360,7 @@ pub unsafe fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f16_to_f32(x: &[half::f16], out: &mut [f32]) {
+unsafe fn f16_to_f32_imp(x: &[half::f16], out: &mut [f32]) {
     let n = out.len().min(x.len());
     let xp = x.as_ptr() as *const u16;
     let mut i = 0;

@@ -65,6 +65,19 @@ def embed_model() -> str:
     return suite.EMBED_MODEL
 
 
+# The models `inhaus serve` loads by default (and the README's examples use).
+DEFAULT_MODELS = ["qwen2.5-coder-0.5b-instruct", "all-minilm-l6-v2"]
+
+
+@pytest.fixture(scope="session")
+def default_server() -> suite.Server:
+    """One server with the default models, shared by the tool-call, structured-output and README
+    tests (loading a model once instead of once per module)."""
+    srv = _start(DEFAULT_MODELS, name="default models")
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def auth_server():
     """A server started with `--api-key sk-test` (the chat model only)."""

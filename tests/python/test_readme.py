@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import suite
+from conftest import DEFAULT_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -27,16 +27,12 @@ def examples() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def readme_server():
+def readme_server(default_server):
     text = "".join(doc.read_text(encoding="utf-8") for doc in DOCS)
-    models = sorted(set(re.findall(r'model[=:]\s*"([^"]+)"', text)))
-    srv = suite.Server(models, name="readme")
-    try:
-        srv.start()
-    except suite.ServerError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield srv
-    srv.stop()
+    models = set(re.findall(r'model[=:]\s*"([^"]+)"', text))
+    missing = models - set(DEFAULT_MODELS)
+    assert not missing, f"the docs use models the shared server does not load: {missing}"
+    return default_server
 
 
 def test_readme_has_examples():

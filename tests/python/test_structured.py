@@ -77,14 +77,8 @@ def dump(obj) -> dict:
 
 
 @pytest.fixture(scope="module")
-def structured_server():
-    srv = suite.Server([MODEL], name="structured")
-    try:
-        srv.start()
-    except suite.ServerError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield srv
-    srv.stop()
+def structured_server(default_server):
+    return default_server
 
 
 @pytest.fixture(scope="module")

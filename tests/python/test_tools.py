@@ -7,7 +7,6 @@ import openai
 import pytest
 
 import schema
-import suite
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 TOOLS = [
@@ -28,14 +27,8 @@ ASK = [{"role": "user", "content": "What is the weather in Berlin?"}]
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    srv = suite.Server([MODEL], name="tools")
-    try:
-        srv.start()
-    except suite.ServerError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield openai.OpenAI(base_url=srv.v1, api_key="unused", max_retries=0)
-    srv.stop()
+def qwen(default_server):
+    return openai.OpenAI(base_url=default_server.v1, api_key="unused", max_retries=0)
 
 
 def test_a_tool_call_comes_back_as_tool_calls(qwen):

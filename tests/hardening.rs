@@ -1,8 +1,8 @@
 //! The server against careless and hostile clients: slow headers and idle connections are closed,
 //! connections are bounded, bodies that trickle in time out, metrics labels cannot be invented,
 //! every response carries a request id, a full queue answers 429 while others are served, a
-//! request past its deadline is cancelled, and huge prompts are refused before they are tokenized
-//! while `/health` keeps answering.
+//! generation past its deadline ends cleanly ("length") and is cancelled, huge prompts are refused
+//! before they are tokenized while `/health` keeps answering, and typed control tokens stay text.
 mod common;
 use common::ensure_model;
 use common::server::*;
@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 #[test]
-fn a_request_past_the_timeout_gets_408_and_is_cancelled() {
+fn a_generation_past_the_timeout_ends_cleanly_with_length_and_is_cancelled() {
     let srv = server_with(&[
         "--model",
         ALIAS,
@@ -20,15 +20,32 @@ fn a_request_past_the_timeout_gets_408_and_is_cancelled() {
         "--request-timeout-secs",
         "1",
     ]);
-    let (status, v) = post(
-        &srv,
-        "/v1/completions",
-        json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true }),
-    );
-    assert_error(status, &v, 408);
+    let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true });
+    // Not a 408 that SDKs retry from the start: the text so far, finish_reason "length".
+    let t0 = std::time::Instant::now();
+    let (status, v) = post(&srv, "/v1/completions", body.clone());
+    assert_eq!(status, 200, "{v}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap_or("");
+    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    assert!(!text.is_empty() && tokens > 0 && tokens < 2000, "{v}");
     wait_for("the sequence to leave", || {
         metric(&srv, "inhaus:num_requests_running") == 0.0
     });
+    // Streamed: a finish chunk with "length", then [DONE].
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (status, _, raw) = http(&srv, "POST", "/v1/completions", Some(&streamed.to_string()));
+    assert_eq!(status, 200);
+    let events = sse_events(&raw);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{raw}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"finish_reason\":\"length\"")),
+        "{raw}"
+    );
 }
 
 #[test]

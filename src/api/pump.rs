@@ -122,9 +122,27 @@ pub fn pump(
         let ev = match ev {
             Ok(ev) => ev,
             Err(RecvTimeoutError::Timeout) => {
+                // Past the request's deadline: every open choice ends cleanly with what it has,
+                // as if max_tokens were reached (a 408 would make clients retry from the start).
                 let secs = deadline.map(|d| d.1).unwrap_or(0);
-                let _ = out.blocking_send(Piece::Failed(ApiError::timeout(secs)));
-                return; // dropping the stream cancels the rest
+                tracing::warn!("generation stopped at the request timeout ({secs} s)");
+                for (c, st) in choices.iter_mut().enumerate().filter(|(_, st)| !st.done) {
+                    st.done = true;
+                    if let Ok(t) = st.decoder.finish(tok) {
+                        st.pending.push_str(&t);
+                    }
+                    let end = Piece::End {
+                        index: index_base + c,
+                        text: std::mem::take(&mut st.pending),
+                        logprobs: std::mem::take(&mut st.logprobs),
+                        reason: "length",
+                        completion_tokens: st.tokens,
+                    };
+                    if out.blocking_send(end).is_err() {
+                        return;
+                    }
+                }
+                return; // dropping the stream cancels what still runs
             }
             Err(RecvTimeoutError::Disconnected) => {
                 let _ = out.blocking_send(Piece::Failed(ApiError::internal(

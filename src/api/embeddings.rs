@@ -4,6 +4,7 @@
 //! expect.
 use super::completions::ApiJson;
 use super::errors::ApiError;
+use super::prepare;
 use super::AppState;
 use crate::embeddings::Embedder;
 use axum::extract::State;
@@ -111,8 +112,15 @@ pub async fn embeddings(
             ));
         }
     }
-    let ids = inputs(&e, &body.input)?;
-    let prompt_tokens: usize = ids.iter().map(|i| e.model_input_ids(i).len()).sum();
+    // Tokenizing the inputs is CPU work: on the preparation pool.
+    let tokenizer = e.clone();
+    let input = body.input;
+    let (ids, prompt_tokens) = prepare::run_plain(&state, move || {
+        let ids = inputs(&tokenizer, &input)?;
+        let n: usize = ids.iter().map(|i| tokenizer.model_input_ids(i).len()).sum();
+        Ok((ids, n))
+    })
+    .await?;
     let _permit = served
         .gate
         .acquire()

@@ -13,14 +13,22 @@ pub async fn run<T: Send + 'static>(
     model: &str,
     f: impl FnOnce(&ServedModel) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let model = model.to_string();
+    let st = state.clone();
+    run_plain(state, move || f(st.generative(&model)?)).await
+}
+
+/// Runs `f` on the bounded preparation pool.
+pub async fn run_plain<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let _slot = state
         .prepare_slots
         .acquire()
         .await
         .map_err(|_| ApiError::internal("the server is shutting down"))?;
-    let state = state.clone();
-    let model = model.to_string();
-    tokio::task::spawn_blocking(move || f(state.generative(&model)?))
+    tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("request preparation failed")))
 }

@@ -160,6 +160,8 @@ pub struct ChatTemplate {
 pub enum ToolCallFormat {
     /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (Hermes; Qwen 2.5).
     Hermes,
+    /// A bare JSON object `{"name": ..., "parameters": {...}}` (Llama 3.x's JSON tool calling).
+    Llama3Json,
     /// A bare JSON object `{"name": ..., "arguments": {...}}` (templates without call markup).
     BareJson,
 }
@@ -181,6 +183,8 @@ impl ChatTemplate {
             .map_err(|e| ChatTemplateError::Render(e.to_string()))?;
         let tool_format = if source.contains("<tool_call>") {
             ToolCallFormat::Hermes
+        } else if source.contains("\"parameters\": ") && source.contains("<|eot_id|>") {
+            ToolCallFormat::Llama3Json
         } else {
             ToolCallFormat::BareJson
         };
@@ -232,6 +236,21 @@ impl ChatTemplate {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_call_format_is_read_from_the_template() {
+        let hermes =
+            "{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>{{ x }}</tool_call>";
+        let llama3 = r#"{{ '{"name": function name, "parameters": dictionary}' }}<|eot_id|>"#;
+        for (src, want) in [
+            (hermes, ToolCallFormat::Hermes),
+            (llama3, ToolCallFormat::Llama3Json),
+            (CHATML_TEMPLATE, ToolCallFormat::BareJson),
+        ] {
+            let t = ChatTemplate::new(src, "<s>", "</s>").expect("template");
+            assert_eq!(t.tool_format, want, "{src}");
+        }
+    }
     use super::*;
 
     /// `tojson` must print what Python's `json.dumps(x, ensure_ascii=False[, indent=n])` prints (the

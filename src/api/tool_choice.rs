@@ -170,14 +170,14 @@ impl ToolPlan {
 
     /// The schema of one call's JSON object: `name` one of `functions`, `arguments` valid against
     /// that function's parameters.
-    fn call_schema(functions: &[&FunctionDef]) -> Value {
+    fn call_schema(functions: &[&FunctionDef], args_key: &str) -> Value {
         let alts: Vec<Value> = functions
             .iter()
             .map(|f| {
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-                    "required": ["name", "arguments"],
+                    "properties": {"name": {"const": f.name}, args_key: f.parameters},
+                    "required": ["name", args_key],
                     "additionalProperties": false,
                 })
             })
@@ -200,7 +200,12 @@ impl ToolPlan {
             ToolChoice::Named(n) => self.functions.iter().filter(|f| &f.name == n).collect(),
             _ => self.functions.iter().collect(),
         };
-        let schema = Self::call_schema(&allowed);
+        let args_key = if format == ToolCallFormat::Llama3Json {
+            "parameters"
+        } else {
+            "arguments"
+        };
+        let schema = Self::call_schema(&allowed, args_key);
         let body = crate::grammar::with_json_options(&schema);
         let forced = matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_));
         match (format, forced) {
@@ -221,10 +226,10 @@ impl ToolPlan {
                     ConstraintMode::Triggered { trigger },
                 ))
             }
-            (ToolCallFormat::BareJson, true) => {
+            (ToolCallFormat::BareJson | ToolCallFormat::Llama3Json, true) => {
                 Some((GrammarSpec::JsonSchema(schema), ConstraintMode::Whole))
             }
-            (ToolCallFormat::BareJson, false) => None,
+            (ToolCallFormat::BareJson | ToolCallFormat::Llama3Json, false) => None,
         }
     }
 }
@@ -241,7 +246,7 @@ impl ToolPlan {
         if self.forced() || format != ToolCallFormat::Hermes {
             return None;
         }
-        let schema = Self::call_schema(&self.functions.iter().collect::<Vec<_>>());
+        let schema = Self::call_schema(&self.functions.iter().collect::<Vec<_>>(), "arguments");
         let body = crate::grammar::with_json_options(&schema);
         let answer = crate::grammar::with_json_options(answer);
         let repeat = if self.parallel {

@@ -583,6 +583,11 @@ async def run_target(kind, args, log_dir, words_hint):
                     log(f"{label} C={conc}: {s['out_tok_s']:.1f} out tok/s, wave {s['wall_s']:.1f}s")
                     waves[variant].append(s)
             for variant, runs in waves.items():
+                if len(runs) > 1:
+                    # In order: with --no-warmup the first round is a fresh server's first burst.
+                    log(f"{kind} {variant} C={conc} rounds: out tok/s "
+                        f"{[round(x['out_tok_s'], 1) for x in runs]}, TTFT p50 ms "
+                        f"{[round((x.get('ttft_p50') or 0) * 1000) for x in runs]}")
                 # The median round by output tok/s stands for the variant.
                 runs.sort(key=lambda x: x["out_tok_s"])
                 s = runs[len(runs) // 2]

@@ -23,5 +23,6 @@ pub mod packed_k;
 pub mod pool;
 pub mod quant;
 pub mod quantize;
+pub mod sampling;
 
 pub use quant::GgmlType;

@@ -2,6 +2,8 @@
 //! top-k / top-p / min-p, with one seeded RNG per sequence so a sequence's samples never depend on its
 //! neighbours in the batch; log-probabilities of the chosen token and its best alternatives.
 use crate::grammar::TokenMask;
+use inhaus_kernels::dense::exp_f32;
+use inhaus_kernels::sampling;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -116,8 +118,9 @@ pub struct Sampler {
     /// Occurrences in the output (presence and frequency penalties).
     counts: HashMap<u32, u32>,
     scratch: Vec<f32>,
-    /// Per-token weights of the last full-vocabulary draw (reused buffer).
+    /// Per-token weights of the last full-vocabulary draw, and their block sums (reused buffers).
     weights: Vec<f32>,
+    block_sums: Vec<f32>,
 }
 
 impl Sampler {
@@ -143,6 +146,7 @@ impl Sampler {
             counts: HashMap::new(),
             scratch: Vec::new(),
             weights: Vec::new(),
+            block_sums: Vec::new(),
         }
     }
 
@@ -230,34 +234,49 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = sampling::max_f32(logits);
         if !max.is_finite() {
             return argmax(logits);
         }
         let truncates = (p.top_k > 0 && p.top_k < logits.len()) || p.top_p < 1.0 || p.min_p > 0.0;
         if !truncates {
-            // Inverse CDF over the whole vocabulary: one pass for the weights, one for the draw.
+            // Inverse CDF over the whole vocabulary: a vectorized pass for the weights (and the
+            // sums of blocks of them), then the draw finds its block and scans only that one.
             let mut weights = std::mem::take(&mut self.weights);
-            weights.clear();
-            let mut total = 0.0f64;
-            weights.extend(logits.iter().map(|&l| {
-                let w = ((l - max) * inv_t).exp();
-                total += w as f64;
-                w
-            }));
+            let mut blocks = std::mem::take(&mut self.block_sums);
+            sampling::softmax_weights(logits, max, inv_t, WEIGHT_BLOCK, &mut weights, &mut blocks);
+            let total: f64 = blocks.iter().map(|&b| b as f64).sum();
             let mut r = self.rng.random::<f64>() * total;
-            let mut pick = argmax(logits);
-            for (i, &w) in weights.iter().enumerate() {
-                if w > 0.0 {
-                    if r < w as f64 {
-                        pick = i as u32;
-                        break;
-                    }
-                    r -= w as f64;
+            let mut pick = None;
+            'draw: for (b, &sum) in blocks.iter().enumerate() {
+                if r >= sum as f64 {
+                    r -= sum as f64;
+                    continue;
                 }
+                let start = b * WEIGHT_BLOCK;
+                for (i, &w) in weights[start..].iter().take(WEIGHT_BLOCK).enumerate() {
+                    if w > 0.0 {
+                        if r < w as f64 {
+                            pick = Some((start + i) as u32);
+                            break 'draw;
+                        }
+                        r -= w as f64;
+                    }
+                }
+                // Rounding left r at the block's end: its last possible token.
+                if let Some(i) = weights[start..]
+                    .iter()
+                    .take(WEIGHT_BLOCK)
+                    .rposition(|&w| w > 0.0)
+                {
+                    pick = Some((start + i) as u32);
+                }
+                break;
             }
             self.weights = weights;
-            return pick;
+            self.block_sums = blocks;
+            // Rounding past the last block (r == total): the most likely token.
+            return pick.unwrap_or_else(|| argmax(logits));
         }
         // Truncation, with llama.cpp's semantics (probabilities over the top-k set, min-p relative
         // to the best token, top-p over those probabilities), without sorting the vocabulary: the
@@ -279,7 +298,10 @@ impl Sampler {
             cand.select_nth_unstable_by(k - 1, order);
             cand.truncate(k);
         }
-        let denom: f64 = cand.iter().map(|c| weight(c.1)).sum();
+        let denom: f64 = cand
+            .iter()
+            .map(|c| exp_f32((c.1 - max) * inv_t) as f64)
+            .sum();
         let mut limit = if p.top_p < 1.0 {
             k.min(TOP_P_FIRST_TRY)
         } else {
@@ -324,6 +346,9 @@ impl Sampler {
         }
     }
 }
+
+/// Tokens per block of the weight sums a full-vocabulary draw searches first.
+const WEIGHT_BLOCK: usize = 1024;
 
 /// How many of the best tokens top-p looks at first (more only when they hold too little mass).
 const TOP_P_FIRST_TRY: usize = 256;

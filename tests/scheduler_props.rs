@@ -4,10 +4,12 @@
 //! budgets — must respect the token budget and sequence cap every step, keep the block pool
 //! consistent, finish every choice exactly once with the tokens it would get alone (so preempted work
 //! resumes correctly and nobody starves), admit first come first served, and free every block.
+#[path = "common/fake_model.rs"]
+mod fake_model;
+use fake_model::FakeModel;
 use inhaus::engine::generate::FinishReason;
 use inhaus::engine::sampler::{argmax, SamplingParams};
 use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
-use inhaus::engine::step_model::FakeModel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::mpsc::{channel, Receiver};

@@ -131,7 +131,7 @@ fn check_model(alias: &str) {
             stop_ids: vec![],
             prefill_chunk: 512,
         };
-        let (gen, _) = generate(&m.model, &prompt_ids, &opts, |_, _| true).expect("generate");
+        let (gen, _) = generate(&m.model, &prompt_ids, &opts, |_| true).expect("generate");
         if let Some(i) = gen.iter().zip(&steps).position(|(g, s)| *g != s.token) {
             assert!(
                 near_tie(&steps[i]),

@@ -380,5 +380,14 @@ fn generate_is_a_one_request_client_of_the_engine() {
         max_tokens: 200,
         ..opts
     };
-    assert!(generate(&model, &prompt, &long, |_| true).is_err());
+    let err = generate(&model, &prompt, &long, |_| true).expect_err("too long");
+    assert!(
+        err.to_string().contains("exceeds the model's context"),
+        "{err}"
+    );
+    let huge = GenerateOptions {
+        max_tokens: usize::MAX,
+        ..long
+    };
+    assert!(generate(&model, &prompt, &huge, |_| true).is_err());
 }

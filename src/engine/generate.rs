@@ -39,6 +39,12 @@ pub enum GenerateError {
     Admission(#[from] AdmissionError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {context} tokens")]
+    TooLong {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
     #[error("the engine ended the request without finishing it")]
     Unfinished,
 }
@@ -65,7 +71,17 @@ pub fn generate<M: StepModel>(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenerateStats), GenerateError> {
-    let cfg = one_request_config(prompt.len() + opts.max_tokens, opts.prefill_chunk);
+    // Checked before the engine sizes its KV cache for the request.
+    let total = prompt.len().saturating_add(opts.max_tokens);
+    let context = model.context_len();
+    if total > context {
+        return Err(GenerateError::TooLong {
+            prompt: prompt.len(),
+            max_tokens: opts.max_tokens,
+            context,
+        });
+    }
+    let cfg = one_request_config(total, opts.prefill_chunk);
     let mut engine = Engine::new(model, cfg);
     let req = GenerationRequest {
         sampling: opts.sampling.clone(),

@@ -45,6 +45,8 @@ pub enum GenerateError {
         max_tokens: usize,
         context: usize,
     },
+    #[error("the engine failed while generating (see the log)")]
+    Failed,
     #[error("the engine ended the request without finishing it")]
     Unfinished,
 }
@@ -118,6 +120,11 @@ pub fn generate<M: StepModel>(
     let end = Instant::now();
     let first_at = first_at.unwrap_or(end);
     let finish = finish.ok_or(GenerateError::Unfinished)?;
+    if finish == FinishReason::Error {
+        // The engine ends a request that failed alone with `Error` (and logs why) rather than
+        // failing the step: for a one-request client that is the run's failure.
+        return Err(GenerateError::Failed);
+    }
     let stats = GenerateStats {
         prompt_tokens: prompt.len(),
         prompt_time: first_at.duration_since(t0),

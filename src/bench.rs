@@ -1,8 +1,8 @@
 //! Speed measurement as llama.cpp's `llama-bench` does it: prefill of a prompt of random tokens in one
 //! batch, and decode of `gen` tokens one at a time from an empty context; medians of repeats.
-use crate::engine::generate::{generate, GenerateOptions};
+use crate::engine::generate::{generate, GenerateError, GenerateOptions};
 use crate::engine::sampler::SamplingParams;
-use inhaus_models::{ModelError, Transformer};
+use inhaus_models::Transformer;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SpeedReport {
@@ -24,7 +24,7 @@ pub fn speed(
     prompt: usize,
     gen: usize,
     repeats: usize,
-) -> Result<SpeedReport, ModelError> {
+) -> Result<SpeedReport, GenerateError> {
     // Ordinary tokens from the middle of the vocabulary, away from special ones.
     let lo = (model.config.vocab as u64 / 10).min(1000);
     let span = (model.config.vocab as u64)
@@ -47,21 +47,18 @@ pub fn speed(
         stop_ids: vec![],
         prefill_chunk: prompt.max(1),
     };
-    generate(
-        model,
-        &prompt_ids[..prompt.clamp(1, 16)],
-        &opts(2),
-        |_, _| true,
-    )?;
+    generate(model, &prompt_ids[..prompt.clamp(1, 16)], &opts(2), |_| {
+        true
+    })?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..repeats.max(1) {
         if prompt > 0 {
-            let (_, s) = generate(model, &prompt_ids, &opts(1), |_, _| true)?;
+            let (_, s) = generate(model, &prompt_ids, &opts(1), |_| true)?;
             pp.push(prompt as f64 / s.prompt_time.as_secs_f64());
         }
         if gen > 0 {
-            let (_, s) = generate(model, &prompt_ids[..1], &opts(gen + 1), |_, _| true)?;
+            let (_, s) = generate(model, &prompt_ids[..1], &opts(gen + 1), |_| true)?;
             tg.push(gen as f64 / s.decode_time.as_secs_f64());
         }
     }

@@ -449,7 +449,7 @@ fn main() -> Result<()> {
             let mut decoder = IncrementalDecoder::new(true);
             let stdout = std::io::stdout();
             let mut err = None;
-            let (_, stats) = generate(&m.model, &ids, &opts, |id, _| {
+            let (_, stats) = generate(&m.model, &ids, &opts, |id| {
                 match decoder.push(&m.tokenizer, id) {
                     Ok(piece) => {
                         let mut out = stdout.lock();

@@ -42,7 +42,7 @@ fn generate_streams_only_the_greedy_text() {
         stop_ids: vec![],
         prefill_chunk: 512,
     };
-    let (want, _) = generate(&m.model, &ids, &opts, |_, _| true).expect("generate");
+    let (want, _) = generate(&m.model, &ids, &opts, |_| true).expect("generate");
     let expected = m.tokenizer.decode(&want, true).expect("decode");
     assert!(!expected.trim().is_empty());
     let out = inhaus(&[

@@ -4,10 +4,12 @@
 //! budgets — must respect the token budget and sequence cap every step, keep the block pool
 //! consistent, finish every choice exactly once with the tokens it would get alone (so preempted work
 //! resumes correctly and nobody starves), admit first come first served, and free every block.
+#[path = "common/fake_model.rs"]
+mod fake_model;
+use fake_model::FakeModel;
 use inhaus::engine::generate::FinishReason;
 use inhaus::engine::sampler::{argmax, SamplingParams};
 use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
-use inhaus::engine::step_model::FakeModel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::mpsc::{channel, Receiver};
@@ -315,4 +317,77 @@ fn preemption_happens_and_preempted_work_resumes() {
         assert_eq!(toks, greedy_reference(&model, r).0);
     }
     assert_eq!(e.pool().num_free(), e.pool().num_blocks());
+}
+
+#[test]
+fn generate_is_a_one_request_client_of_the_engine() {
+    // The CLI's `generate` runs the engine: chunked prefill of any chunk size, stop tokens and
+    // max_tokens as the engine applies them, and a callback that returns false cancels.
+    use inhaus::engine::generate::{generate, GenerateOptions};
+    let model = FakeModel {
+        vocab: VOCAB,
+        context_len: 160,
+    };
+    let prompt: Vec<u32> = (0..37).map(|t| (t * 5 + 3) % VOCAB as u32).collect();
+    for (chunk, stop_ids, ignore_eos) in [
+        (1, vec![], true),
+        (7, vec![], true),
+        (512, vec![], true),
+        (7, vec![3, 11, 19], false),
+    ] {
+        let opts = GenerateOptions {
+            max_tokens: 40,
+            sampling: SamplingParams::default(),
+            ignore_eos,
+            stop_ids: stop_ids.clone(),
+            prefill_chunk: chunk,
+        };
+        let mut seen = Vec::new();
+        let (got, stats) = generate(&model, &prompt, &opts, |id| {
+            seen.push(id);
+            true
+        })
+        .expect("generate");
+        let mut req = GenerationRequest::new(prompt.clone(), 40);
+        req.stop_ids = stop_ids;
+        req.ignore_eos = ignore_eos;
+        let (want, reason) = greedy_reference(&model, &req);
+        assert_eq!(got, want, "chunk {chunk}");
+        assert_eq!(seen, want);
+        assert_eq!(stats.finish, reason);
+        assert_eq!(stats.prompt_tokens, prompt.len());
+        assert_eq!(stats.generated_tokens, want.len());
+    }
+    // Cancel after the third token: nothing more is generated.
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        sampling: SamplingParams::default(),
+        ignore_eos: true,
+        stop_ids: vec![],
+        prefill_chunk: 16,
+    };
+    let mut n = 0;
+    let (got, stats) = generate(&model, &prompt, &opts, |_| {
+        n += 1;
+        n < 3
+    })
+    .expect("generate");
+    assert_eq!(got.len(), 3);
+    assert_eq!(stats.finish, FinishReason::Cancelled);
+    // Requests that cannot fit are refused, not run.
+    assert!(generate(&model, &[], &opts, |_| true).is_err());
+    let long = GenerateOptions {
+        max_tokens: 200,
+        ..opts
+    };
+    let err = generate(&model, &prompt, &long, |_| true).expect_err("too long");
+    assert!(
+        err.to_string().contains("exceeds the model's context"),
+        "{err}"
+    );
+    let huge = GenerateOptions {
+        max_tokens: usize::MAX,
+        ..long
+    };
+    assert!(generate(&model, &prompt, &huge, |_| true).is_err());
 }

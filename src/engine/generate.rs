@@ -1,21 +1,16 @@
-//! One sequence generated start to finish over the batched forward (the CLI's `generate` and `bench`,
-//! and the reference tests). The continuous-batching scheduler drives the same forward for many.
-use super::sampler::{Sampler, SamplingParams};
-use inhaus_models::{Batch, KvCache, LogitsWanted, ModelError, SeqChunk, Transformer};
+//! One request generated start to finish (the CLI's `generate` and `bench`, and the reference tests):
+//! a one-request client of the continuous-batching `Engine`, as vLLM's offline `LLM` wraps its engine
+//! core, so the command line runs the very path that serves users (chunked prefill included).
+use super::sampler::SamplingParams;
+pub use super::scheduler::FinishReason;
+use super::scheduler::{
+    AdmissionError, CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent,
+};
+use super::step_model::StepModel;
+use inhaus_models::ModelError;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token (or stop condition) was produced.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
-    /// The receiver went away (the client disconnected).
-    Cancelled,
-    /// The engine failed while computing the sequence.
-    Error,
-}
+use thiserror::Error;
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -23,110 +18,118 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     pub ignore_eos: bool,
     pub stop_ids: Vec<u32>,
-    /// Prompt tokens per forward during prefill.
+    /// Prompt tokens per forward during prefill (the engine's `max_num_batched_tokens`).
     pub prefill_chunk: usize,
 }
 
 #[derive(Clone, Debug)]
 pub struct GenerateStats {
     pub prompt_tokens: usize,
+    /// From the start until the first token was out.
     pub prompt_time: Duration,
     pub generated_tokens: usize,
+    /// From the first token to the end.
     pub decode_time: Duration,
     pub finish: FinishReason,
 }
 
-/// Tokens per KV block of the single-sequence runner.
+#[derive(Debug, Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {context} tokens")]
+    TooLong {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("the engine failed while generating (see the log)")]
+    Failed,
+    #[error("the engine ended the request without finishing it")]
+    Unfinished,
+}
+
+/// Tokens per KV block of the one-request engine.
 const BLOCK_SIZE: usize = 16;
 
-/// Generates after `prompt`; `on_token(id, logits)` sees each new token and the logits it was drawn
-/// from, and may return `false` to stop early.
-pub fn generate(
-    model: &Transformer,
+/// The engine configuration that holds exactly one request of `total` tokens.
+fn one_request_config(total: usize, prefill_chunk: usize) -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 1,
+        max_num_batched_tokens: prefill_chunk.max(1),
+        block_size: BLOCK_SIZE,
+        num_blocks: total.div_ceil(BLOCK_SIZE).max(1),
+        max_waiting: 1,
+    }
+}
+
+/// Generates after `prompt`; `on_token(id)` sees each new token as it comes and may return `false`
+/// to cancel the rest (the request then ends `Cancelled`).
+pub fn generate<M: StepModel>(
+    model: &M,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32, &[f32]) -> bool,
-) -> Result<(Vec<u32>, GenerateStats), ModelError> {
-    if prompt.is_empty() {
-        return Err(ModelError::InvalidBatch("empty prompt".into()));
-    }
-    let total = prompt.len() + opts.max_tokens;
-    let context = model.config.context_len;
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerateStats), GenerateError> {
+    // Checked before the engine sizes its KV cache for the request.
+    let total = prompt.len().saturating_add(opts.max_tokens);
+    let context = model.context_len();
     if total > context {
-        return Err(ModelError::InvalidBatch(format!(
-            "prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {context} tokens",
-            prompt.len(),
-            opts.max_tokens
-        )));
+        return Err(GenerateError::TooLong {
+            prompt: prompt.len(),
+            max_tokens: opts.max_tokens,
+            context,
+        });
     }
-    let num_blocks = total.div_ceil(BLOCK_SIZE);
-    let mut cache = KvCache::new(model.config.kv_shape(BLOCK_SIZE, num_blocks));
-    let table: Vec<u32> = (0..num_blocks as u32).collect();
-    let mut sampler = Sampler::with_prompt(opts.sampling.clone(), prompt);
-
+    let cfg = one_request_config(total, opts.prefill_chunk);
+    let mut engine = Engine::new(model, cfg);
+    let req = GenerationRequest {
+        sampling: opts.sampling.clone(),
+        stop_ids: opts.stop_ids.clone(),
+        ignore_eos: opts.ignore_eos,
+        ..GenerationRequest::new(prompt.to_vec(), opts.max_tokens)
+    };
+    let (tx, rx) = mpsc::channel();
+    let cancel = CancelHandle::new(1);
     let t0 = Instant::now();
-    let mut logits = Vec::new();
-    let chunk = opts.prefill_chunk.max(1);
-    let mut pos = 0;
-    while pos < prompt.len() {
-        let end = (pos + chunk).min(prompt.len());
-        let last = end == prompt.len();
-        let batch = Batch {
-            seqs: vec![SeqChunk {
-                tokens: &prompt[pos..end],
-                start_pos: pos,
-                block_table: &table,
-                logits: if last {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                },
-            }],
-        };
-        let out = model.forward(&batch, &mut cache)?;
-        if last {
-            logits = out.last(0).map(|l| l.to_vec()).unwrap_or_default();
-        }
-        pos = end;
-    }
-    let prompt_time = t0.elapsed();
-
-    let t1 = Instant::now();
+    engine.add_request(req, tx, cancel.clone())?;
+    let mut first_at = None;
     let mut generated = Vec::new();
-    let mut finish = FinishReason::Length;
-    while generated.len() < opts.max_tokens {
-        let next = sampler.sample_with(&logits, &[], None);
-        sampler.observe(next);
-        generated.push(next);
-        let keep_going = on_token(next, &logits);
-        if !opts.ignore_eos && opts.stop_ids.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
+    let mut finish = None;
+    while engine.has_work() {
+        let computed = engine.step()?;
+        for event in rx.try_iter() {
+            match event {
+                SeqEvent::Token { id, .. } => {
+                    first_at.get_or_insert_with(Instant::now);
+                    generated.push(id);
+                    if !on_token(id) {
+                        cancel.cancel_all();
+                    }
+                }
+                SeqEvent::Finished { reason, .. } => finish = Some(reason),
+            }
         }
-        if !keep_going {
-            finish = FinishReason::Stop;
-            break;
+        if computed == 0 && engine.num_running() == 0 && engine.num_waiting() > 0 {
+            // Admission checked that the request fits: waiting with nothing running is a bug.
+            return Err(GenerateError::Unfinished);
         }
-        if generated.len() == opts.max_tokens {
-            break;
-        }
-        let tok = [next];
-        let batch = Batch {
-            seqs: vec![SeqChunk {
-                tokens: &tok,
-                start_pos: prompt.len() + generated.len() - 1,
-                block_table: &table,
-                logits: LogitsWanted::Last,
-            }],
-        };
-        let out = model.forward(&batch, &mut cache)?;
-        logits = out.last(0).map(|l| l.to_vec()).unwrap_or_default();
+    }
+    let end = Instant::now();
+    let first_at = first_at.unwrap_or(end);
+    let finish = finish.ok_or(GenerateError::Unfinished)?;
+    if finish == FinishReason::Error {
+        // The engine ends a request that failed alone with `Error` (and logs why) rather than
+        // failing the step: for a one-request client that is the run's failure.
+        return Err(GenerateError::Failed);
     }
     let stats = GenerateStats {
         prompt_tokens: prompt.len(),
-        prompt_time,
+        prompt_time: first_at.duration_since(t0),
         generated_tokens: generated.len(),
-        decode_time: t1.elapsed(),
+        decode_time: end.duration_since(first_at),
         finish,
     };
     Ok((generated, stats))

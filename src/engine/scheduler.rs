@@ -8,7 +8,6 @@
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
 use super::block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
 use super::constraint::{Advance, Constraint, SeqConstraint};
-use super::generate::FinishReason;
 use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use super::step_model::StepModel;
@@ -19,6 +18,19 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token (or stop condition) was produced.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The receiver went away (the client disconnected) or the request was cancelled.
+    Cancelled,
+    /// The engine failed while computing the sequence.
+    Error,
+}
 
 /// Identifies a sequence for its whole life in the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

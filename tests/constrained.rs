@@ -17,13 +17,7 @@ use std::sync::OnceLock;
 const ALIAS: &str = "smollm2-135m-instruct";
 
 fn config(num_blocks: usize) -> EngineConfig {
-    EngineConfig {
-        max_num_seqs: 64,
-        max_num_batched_tokens: 256,
-        block_size: 16,
-        num_blocks,
-        max_waiting: 256,
-    }
+    engine_config(num_blocks)
 }
 
 fn compiler() -> &'static GrammarCompiler {

@@ -70,6 +70,19 @@ fn logprob_entry(tok: &ModelTokenizer, id: u32, lp: &TokenLogprobs) -> TokenLogp
     }
 }
 
+impl ChoiceState {
+    /// The choice's last piece: the text still held, with its log-probabilities.
+    fn end(&mut self, index: usize, reason: &'static str) -> Piece {
+        Piece::End {
+            index,
+            text: std::mem::take(&mut self.pending),
+            logprobs: std::mem::take(&mut self.logprobs),
+            reason,
+            completion_tokens: self.tokens,
+        }
+    }
+}
+
 struct ChoiceState {
     decoder: IncrementalDecoder,
     pending: String,
@@ -131,13 +144,7 @@ pub fn pump(
                     if let Ok(t) = st.decoder.finish(tok) {
                         st.pending.push_str(&t);
                     }
-                    let end = Piece::End {
-                        index: index_base + c,
-                        text: std::mem::take(&mut st.pending),
-                        logprobs: std::mem::take(&mut st.logprobs),
-                        reason: "length",
-                        completion_tokens: st.tokens,
-                    };
+                    let end = st.end(index_base + c, "length");
                     if out.blocking_send(end).is_err() {
                         return;
                     }
@@ -192,13 +199,7 @@ pub fn pump(
                     st.done = true;
                     open -= 1;
                     stream.cancel.cancel(choice);
-                    let end = Piece::End {
-                        index: index_base + choice,
-                        text: std::mem::take(&mut st.pending),
-                        logprobs: std::mem::take(&mut st.logprobs),
-                        reason: "stop",
-                        completion_tokens: st.tokens,
-                    };
+                    let end = st.end(index_base + choice, "stop");
                     if out.blocking_send(end).is_err() {
                         return;
                     }
@@ -239,13 +240,7 @@ pub fn pump(
                 if let Ok(t) = st.decoder.finish(tok) {
                     st.pending.push_str(&t);
                 }
-                let end = Piece::End {
-                    index: index_base + choice,
-                    text: std::mem::take(&mut st.pending),
-                    logprobs: std::mem::take(&mut st.logprobs),
-                    reason: finish_name(reason),
-                    completion_tokens: st.tokens,
-                };
+                let end = st.end(index_base + choice, finish_name(reason));
                 if out.blocking_send(end).is_err() {
                     return;
                 }

@@ -8,6 +8,17 @@ use std::sync::{Mutex, OnceLock};
 
 pub mod server;
 
+/// An engine configuration for tests: 64 sequences, 256-token steps, 16-token blocks.
+pub fn engine_config(num_blocks: usize) -> inhaus::engine::scheduler::EngineConfig {
+    inhaus::engine::scheduler::EngineConfig {
+        max_num_seqs: 64,
+        max_num_batched_tokens: 256,
+        block_size: 16,
+        num_blocks,
+        max_waiting: 256,
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

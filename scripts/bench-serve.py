@@ -35,10 +35,11 @@ Servers:
 Servers this script starts are always stopped (also on Ctrl-C, SIGTERM and errors); their logs go to
 --log-dir (default: a temporary folder that is removed unless a server failed).
 
-Prompts: "Story N." followed by sentences of a fixed story, rotated per request so every prompt is
-distinct. The number of words is calibrated with the server's /tokenize endpoint (llama-server has one)
-so the prompt is about --prompt-tokens tokens; with --both the llama calibration is reused for inhaus,
-and when no /tokenize exists a words->tokens estimate is used. The usage prompt_tokens, when the server
+Prompts: "Story W-N." (wave W, request N) followed by sentences of a fixed story, rotated per request,
+so every prompt is distinct and no wave reuses an earlier wave's prefix cache. The number of words is
+calibrated with the server's /tokenize endpoint (llama-server has one) so the prompt is about
+--prompt-tokens tokens; with --both the llama calibration is reused for inhaus, and when no /tokenize
+exists a words->tokens estimate is used. The usage prompt_tokens, when the server
 reports it, is printed as "prompt tok".
 
 Environment:
@@ -311,14 +312,18 @@ async def stream_request(host, port, body, timeout, res):
 
 # ---------------------------------------------------------------- prompts
 
-def make_prompt(i, words):
-    """Distinct prompt for request i with `words` story words after the 'Story N.' header."""
+WAVES = iter(range(1, 1 << 30))
+
+
+def make_prompt(i, words, wave=0):
+    """Distinct prompt for request i of a wave with `words` story words after the 'Story W-N.'
+    header: every wave's prompts are new, so no wave profits from an earlier one's prefix cache."""
     out = []
     k = i % len(STORY)
     while len(out) < words:
         out.extend(STORY[k].split())
         k = (k + 1) % len(STORY)
-    return f"Story {i + 1}. " + " ".join(out[:words])
+    return f"Story {wave}-{i + 1}. " + " ".join(out[:words])
 
 
 async def count_tokens(host, port, text, timeout):
@@ -519,10 +524,11 @@ async def schema_ttft(host, port, args, words, kind):
 
 
 async def run_wave(host, port, args, conc, words, label, variant="greedy", kind="inhaus"):
+    wave = next(WAVES)
     bodies = []
     for i in range(conc):
         bodies.append(apply_variant({
-            "model": args.model, "prompt": make_prompt(i, words), "max_tokens": args.max_tokens,
+            "model": args.model, "prompt": make_prompt(i, words, wave), "max_tokens": args.max_tokens,
             "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True},
         }, variant, kind))

@@ -104,17 +104,25 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Runs a short request through a new engine, so that the first users after a start do not pay
-/// for first-touch costs (caches, the compute pool's threads, lazily mapped weights).
-fn warm_up(engine: &mut Engine, model: &LoadedModel) {
-    let text = "Warm-up: the quick brown fox jumps over the lazy dog.";
-    let Ok(prompt) = model.tokenizer.encode(text, true) else {
+/// Runs a request shaped like a busy step through a new engine (a full token budget of prompt,
+/// then a few choices decoding together), so that the first users after a start do not pay for
+/// first-touch costs: the largest activation buffers, the compute pool's threads, mapped weights.
+fn warm_up(engine: &mut Engine, model: &LoadedModel, cfg: &EngineConfig) {
+    let text = "Warm-up: the quick brown fox jumps over the lazy dog. ".repeat(64);
+    let Ok(mut prompt) = model.tokenizer.encode(&text, true) else {
         return;
     };
+    let budget = cfg
+        .max_num_batched_tokens
+        .min(model.model.config.context_len / 2)
+        .max(1);
+    prompt.truncate(budget);
     let mut req = GenerationRequest::new(prompt, 2);
     req.ignore_eos = true;
+    req.n = cfg.max_num_seqs.clamp(1, 4);
     let (tx, _rx) = mpsc::channel();
-    if engine.add_request(req, tx, CancelHandle::new(1)).is_ok() {
+    let cancel = CancelHandle::new(req.n);
+    if engine.add_request(req, tx, cancel).is_ok() {
         if let Err(e) = engine.run_to_completion() {
             tracing::warn!(model = %model.name, "warm-up forward failed: {e}");
             engine.abort_all();
@@ -129,8 +137,8 @@ fn run(
     rx: Receiver<Command>,
     warm: Sender<()>,
 ) {
-    let mut engine = Engine::new(&model.model, cfg);
-    warm_up(&mut engine, model);
+    let mut engine = Engine::new(&model.model, cfg.clone());
+    warm_up(&mut engine, model, &cfg);
     // Counters start after the warm-up: it is not a user's request.
     let mut engine = engine.with_metrics(metrics);
     let _ = warm.send(());

@@ -232,6 +232,7 @@ def test_corpus_mostly_stops(corpus_runs):
     failed = sorted(k for k in corpus_runs if k not in done)
     assert not failed, f"requests failed: {failed}"
     length = sorted(k for k, r in done.items() if r.choices[0].finish_reason == "length")
+    print(f"corpus: {len(length)} of {len(done)} runs ended with `length`: {length}")
     greedy = [k for k in length if k[1] == "greedy"]
     assert not greedy, f"greedy runs out of tokens: {greedy}"
     assert len(length) <= MAX_LENGTH_SHARE * len(done), (

@@ -428,3 +428,38 @@ fn control_tokens_typed_in_messages_stay_text_in_every_template_family() {
         );
     }
 }
+
+#[test]
+fn one_deadline_covers_reading_the_body_and_generating() {
+    let srv = server_with(&[
+        "--model",
+        ALIAS,
+        "--kv-cache-memory",
+        "64MiB",
+        "--request-timeout-secs",
+        "3",
+    ]);
+    let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true })
+        .to_string();
+    let (head, rest) = body.split_at(10);
+    let mut s = TcpStream::connect(&srv.addr).expect("connect");
+    let t0 = std::time::Instant::now();
+    s.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    // Two of the three seconds pass before the body is complete.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    s.write_all(rest.as_bytes()).expect("send the rest");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let took = t0.elapsed();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"finish_reason\":\"length\""), "{raw}");
+    // The generation had the one second left, not three more.
+    assert!(took.as_secs_f64() < 4.5, "answered after {took:?}");
+}

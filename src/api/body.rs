@@ -12,13 +12,21 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
 
+/// When the request arrived: its deadline (`--request-timeout-secs`) counts from here, through
+/// reading the body, preparing the prompt and generating.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestArrival(pub std::time::Instant);
+
 pub async fn read_within_timeout(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
     let limit = state.max_body_bytes;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    parts
+        .extensions
+        .insert(RequestArrival(std::time::Instant::now()));
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)

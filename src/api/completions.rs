@@ -2,6 +2,7 @@
 //! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
+use super::body::RequestArrival;
 use super::constraints::{self, OutputGrammar};
 use super::errors::ApiError;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
@@ -15,7 +16,7 @@ use crate::engine::constraint::{Constraint, ConstraintMode};
 use crate::engine::handle::SubmitError;
 use crate::engine::scheduler::{AdmissionError, CancelHandle};
 use crate::grammar::GrammarSpec;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Extension, FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -82,8 +83,10 @@ impl Kind {
 
 pub async fn chat_completions(
     State(state): State<Shared>,
+    arrival: Option<Extension<RequestArrival>>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
+    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let served = state.generative(&body.common.model)?;
     let logprobs = match (body.logprobs, body.top_logprobs) {
         (Some(true), k) => match k.unwrap_or(0) {
@@ -123,7 +126,7 @@ pub async fn chat_completions(
     })
     .await?;
     spec.constraint = constraint;
-    run(state, model, spec, vec![prompt], kind, tool_names).await
+    run(state, model, spec, vec![prompt], kind, tool_names, arrived).await
 }
 
 /// The constraint of a chat reply: forced tool calls; else the requested output format (or, with
@@ -175,8 +178,10 @@ fn chat_constraint(
 
 pub async fn completions(
     State(state): State<Shared>,
+    arrival: Option<Extension<RequestArrival>>,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
+    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let served = state.generative(&body.common.model)?;
     if body.echo == Some(true) {
         return Err(ApiError::unsupported("echo is not supported.", "echo"));
@@ -213,7 +218,16 @@ pub async fn completions(
     })
     .await?;
     spec.constraint = constraint;
-    run(state, model, spec, prompts, Kind::Completion, Vec::new()).await
+    run(
+        state,
+        model,
+        spec,
+        prompts,
+        Kind::Completion,
+        Vec::new(),
+        arrived,
+    )
+    .await
 }
 
 /// Cancels every submitted request when dropped (the handler or stream task went away).
@@ -265,8 +279,17 @@ async fn run(
     prompts: Vec<Vec<u32>>,
     kind: Kind,
     tool_names: Vec<String>,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
     let served = state.generative(&model)?;
+    // One deadline for the whole request, from its arrival: reading the body and preparing the
+    // prompt count against it too. Past it before generation starts: 408 (nothing was done).
+    let deadline = state.request_timeout.map(|d| (arrived + d, d.as_secs()));
+    if let Some((at, secs)) = deadline {
+        if Instant::now() >= at {
+            return Err(ApiError::timeout(secs));
+        }
+    }
     // Each prompt is one engine request, and all wait in the queue at once: more than it holds
     // could never succeed, however long the client retries.
     if prompts.len() > served.limits.max_waiting {
@@ -305,9 +328,6 @@ async fn run(
     let total = n * streams.len();
     let guard = CancelGuard(streams.iter().map(|s| s.cancel.clone()).collect());
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(256);
-    let deadline = state
-        .request_timeout
-        .map(|d| (Instant::now() + d, d.as_secs()));
     for (p, stream) in streams.into_iter().enumerate() {
         let loaded = served.loaded.clone();
         let stops = spec.stops.clone();

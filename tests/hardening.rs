@@ -6,20 +6,20 @@
 mod common;
 use common::ensure_model;
 use common::server::*;
+
+/// A SmolLM2 server with a small KV cache and these extra flags.
+fn smollm_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--model", ALIAS, "--kv-cache-memory", "64MiB"];
+    args.extend_from_slice(extra);
+    server_with(&args)
+}
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
 #[test]
 fn a_generation_past_the_timeout_ends_cleanly_with_length_and_is_cancelled() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--request-timeout-secs",
-        "1",
-    ]);
+    let srv = smollm_server(&["--request-timeout-secs", "1"]);
     let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true });
     // Not a 408 that SDKs retry from the start: the text so far, finish_reason "length".
     let t0 = std::time::Instant::now();
@@ -51,16 +51,7 @@ fn a_generation_past_the_timeout_ends_cleanly_with_length_and_is_cancelled() {
 #[test]
 fn a_full_queue_answers_429_with_retry_after_and_others_are_served() {
     // One running sequence and one waiting: a third concurrent request is refused at once.
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-num-seqs",
-        "1",
-        "--max-waiting",
-        "1",
-    ]);
+    let srv = smollm_server(&["--max-num-seqs", "1", "--max-waiting", "1"]);
     let first = start_stream(&srv, 400);
     let body = json!({ "model": ALIAS, "prompt": "Hello", "max_tokens": 4, "ignore_eos": true })
         .to_string();
@@ -187,14 +178,7 @@ fn every_response_carries_a_request_id_that_the_log_shows() {
 
 #[test]
 fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--header-read-timeout-secs",
-        "1",
-    ]);
+    let srv = smollm_server(&["--header-read-timeout-secs", "1"]);
     // Half a header line, then nothing.
     let mut s = TcpStream::connect(&srv.addr).expect("connect");
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -210,14 +194,7 @@ fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
 
 #[test]
 fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-connections",
-        "2",
-    ]);
+    let srv = smollm_server(&["--max-connections", "2"]);
     let first = idle_connection(&srv);
     let _second = idle_connection(&srv);
     let mut third = TcpStream::connect(&srv.addr).expect("connect");
@@ -247,14 +224,7 @@ fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
 
 #[test]
 fn a_body_that_trickles_in_gets_408_within_the_request_timeout() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--request-timeout-secs",
-        "1",
-    ]);
+    let srv = smollm_server(&["--request-timeout-secs", "1"]);
     // Content-Length promises 1000 bytes; a few arrive, then one every 200 ms.
     let mut s = TcpStream::connect(&srv.addr).expect("connect");
     s.write_all(
@@ -284,14 +254,7 @@ fn a_body_that_trickles_in_gets_408_within_the_request_timeout() {
 
 #[test]
 fn huge_prompts_are_refused_before_tokenizing_and_health_keeps_answering() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-body",
-        "64MiB",
-    ]);
+    let srv = smollm_server(&["--max-body", "64MiB"]);
     let prompt = "Grüße aus München, wie geht es? ".repeat(250_000); // ~8.5 MB
     let bodies = [
         (
@@ -342,14 +305,7 @@ fn huge_prompts_are_refused_before_tokenizing_and_health_keeps_answering() {
 
 #[test]
 fn a_completion_with_more_prompts_than_the_queue_holds_is_a_400_not_a_429() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-waiting",
-        "4",
-    ]);
+    let srv = smollm_server(&["--max-waiting", "4"]);
     let prompts: Vec<String> = (0..6).map(|i| format!("Story {i}:")).collect();
     let (status, v) = post(
         &srv,
@@ -431,14 +387,7 @@ fn control_tokens_typed_in_messages_stay_text_in_every_template_family() {
 
 #[test]
 fn one_deadline_covers_reading_the_body_and_generating() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--request-timeout-secs",
-        "3",
-    ]);
+    let srv = smollm_server(&["--request-timeout-secs", "3"]);
     let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true })
         .to_string();
     let (head, rest) = body.split_at(10);

@@ -31,18 +31,6 @@ pub struct LayerKv {
     pub v: Vec<f16>,
 }
 
-/// `n` zeros whose memory is already mapped: a zeroed allocation is only reserved until first
-/// written (the allocator hands out fresh zero pages lazily), which would make the first requests
-/// after a start pay the page faults. One opaque write per page maps it now.
-fn prefaulted(n: usize) -> Vec<f16> {
-    let mut v = vec![f16::ZERO; n];
-    const PER_PAGE: usize = 4096 / std::mem::size_of::<f16>();
-    for i in (0..n).step_by(PER_PAGE) {
-        v[i] = std::hint::black_box(f16::ZERO);
-    }
-    v
-}
-
 pub struct KvCache {
     pub shape: KvCacheShape,
     pub layers: Vec<LayerKv>,
@@ -53,8 +41,8 @@ impl KvCache {
         let n = shape.num_blocks * shape.block_size * shape.slot_elems();
         let layers = (0..shape.n_layers)
             .map(|_| LayerKv {
-                k: prefaulted(n),
-                v: prefaulted(n),
+                k: vec![f16::ZERO; n],
+                v: vec![f16::ZERO; n],
             })
             .collect();
         Self { shape, layers }

@@ -144,10 +144,8 @@ fn chat_constraint(
         .map_or(ToolCallFormat::BareJson, |t| t.tool_format);
     let tok = &served.loaded.tokenizer;
     let open = tok
-        .tokens
-        .iter()
-        .position(|t| t == "<tool_call>")
-        .map(|i| i as u32)
+        .tokenizer
+        .token_to_id("<tool_call>")
         .filter(|&id| !tok.is_control(id));
     let whole = ConstraintMode::Whole;
     let chosen = match (tools, output) {

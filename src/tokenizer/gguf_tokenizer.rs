@@ -62,6 +62,8 @@ pub struct ModelTokenizer {
     literal: Vec<bool>,
     /// Control tokens (turn markers, eos): markup, never text a grammar could spell.
     control: Vec<bool>,
+    /// The ids of the control tokens (a few dozen), for checking user text for their markup.
+    control_ids: Vec<u32>,
     /// The most bytes of text one token stands for: a text of `b` bytes is at least
     /// `b / max_token_bytes` tokens, which bounds a prompt's length before tokenizing it.
     pub max_token_bytes: usize,
@@ -283,7 +285,10 @@ impl ModelTokenizer {
             .iter()
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
             .collect();
-        let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
+        let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
+        let control_ids = (0..control.len() as u32)
+            .filter(|&i| control[i as usize])
+            .collect();
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
         let mut this = Self {
@@ -291,6 +296,7 @@ impl ModelTokenizer {
             kind,
             literal,
             control,
+            control_ids,
             tokenizer,
             bos_id,
             eos_id,
@@ -332,11 +338,10 @@ impl ModelTokenizer {
     /// Whether `text` contains the text of a control token (which `encode` would turn into it).
     pub fn mentions_control_token(&self, text: &str) -> bool {
         text.contains('<')
-            && self
-                .tokens
-                .iter()
-                .zip(&self.control)
-                .any(|(t, &c)| c && !t.is_empty() && text.contains(t.as_str()))
+            && self.control_ids.iter().any(|&id| {
+                self.token_text(id)
+                    .is_some_and(|t| !t.is_empty() && text.contains(t))
+            })
     }
 
     /// Text of `ids`; with `skip_special` control tokens are left out.

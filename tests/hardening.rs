@@ -412,3 +412,16 @@ fn one_deadline_covers_reading_the_body_and_generating() {
     // The generation had the one second left, not three more.
     assert!(took.as_secs_f64() < 4.5, "answered after {took:?}");
 }
+
+#[test]
+fn the_warm_up_forward_runs_before_ready_and_is_not_counted_as_a_users_request() {
+    let srv = smollm_server(&[]);
+    // "listening" is printed once every model is loaded and its engine warmed up: /ready is green.
+    let (status, _, _) = http(&srv, "GET", "/ready", None);
+    assert_eq!(status, 200);
+    let warm = metric(&srv, "inhaus:warmup_seconds");
+    assert!(warm > 0.0, "no warm-up ran before /ready: {warm} s");
+    // Its tokens are not a user's: the counters start after it.
+    assert_eq!(metric(&srv, "inhaus:generation_tokens_total"), 0.0);
+    assert_eq!(metric(&srv, "inhaus:prompt_tokens_total"), 0.0);
+}

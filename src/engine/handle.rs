@@ -117,9 +117,11 @@ fn warm_up(engine: &mut Engine, model: &LoadedModel, cfg: &EngineConfig) {
         .min(model.model.config.context_len / 2)
         .max(1);
     prompt.truncate(budget);
-    let mut req = GenerationRequest::new(prompt, 2);
+    // As many choices as a busy server decodes at once (16 streams is the load the README
+    // measures), for a few steps: the per-step buffers reach the size a burst of users needs.
+    let mut req = GenerationRequest::new(prompt, 4);
     req.ignore_eos = true;
-    req.n = cfg.max_num_seqs.clamp(1, 4);
+    req.n = cfg.max_num_seqs.clamp(1, 16);
     let (tx, _rx) = mpsc::channel();
     let cancel = CancelHandle::new(req.n);
     if engine.add_request(req, tx, cancel).is_ok() {
@@ -138,7 +140,9 @@ fn run(
     warm: Sender<()>,
 ) {
     let mut engine = Engine::new(&model.model, cfg.clone());
+    let started = std::time::Instant::now();
     warm_up(&mut engine, model, &cfg);
+    metrics.warmup.set(started.elapsed().as_secs_f64());
     // Counters start after the warm-up: it is not a user's request.
     let mut engine = engine.with_metrics(metrics);
     let _ = warm.send(());

@@ -38,6 +38,7 @@ pub struct EngineMetricFamilies {
     ttft: Hist,
     itl: Hist,
     e2e: Hist,
+    warmup: Family<ModelLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl EngineMetricFamilies {
@@ -54,6 +55,7 @@ impl EngineMetricFamilies {
             ttft: Family::new_with_constructor(latency_histogram),
             itl: Family::new_with_constructor(latency_histogram),
             e2e: Family::new_with_constructor(latency_histogram),
+            warmup: Family::default(),
         };
         reg.register(
             "inhaus:num_requests_running",
@@ -111,6 +113,11 @@ impl EngineMetricFamilies {
             "Time from arrival to the end of a sequence",
             f.e2e.clone(),
         );
+        reg.register(
+            "inhaus:warmup_seconds",
+            "Seconds the engine's warm-up forward took before the model was reported ready",
+            f.warmup.clone(),
+        );
         f
     }
 
@@ -131,6 +138,7 @@ impl EngineMetricFamilies {
             ttft: self.ttft.get_or_create(&l).clone(),
             itl: self.itl.get_or_create(&l).clone(),
             e2e: self.e2e.get_or_create(&l).clone(),
+            warmup: self.warmup.get_or_create(&l).clone(),
         }
     }
 }
@@ -149,6 +157,8 @@ pub struct EngineMetrics {
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
+    /// Seconds the warm-up took (0 until it ran).
+    pub warmup: Gauge<f64, AtomicU64>,
 }
 
 impl Default for EngineMetrics {
@@ -165,6 +175,7 @@ impl Default for EngineMetrics {
             ttft: latency_histogram(),
             itl: latency_histogram(),
             e2e: latency_histogram(),
+            warmup: Gauge::default(),
         }
     }
 }

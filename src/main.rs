@@ -134,6 +134,16 @@ struct ServeArgs {
     /// tokenizing, grammars) runs beside them on a pool of as many threads.
     #[arg(long, env = "INHAUS_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
+    /// Keep Responses API responses (and their input) in memory for `previous_response_id` and
+    /// `GET /v1/responses/{id}`: `on` or `off`. Nothing stored ever leaves the machine.
+    #[arg(long, env = "INHAUS_RESPONSES_STORE", default_value = "on", value_parser = ["on", "off"])]
+    responses_store: String,
+    /// The most memory stored responses take together (oldest leave first), e.g. 256MiB.
+    #[arg(long, env = "INHAUS_RESPONSES_STORE_MEMORY", value_parser = parse_size, default_value = "256MiB")]
+    responses_store_memory: usize,
+    /// How long a stored response is kept, in seconds (default 30 days).
+    #[arg(long, env = "INHAUS_RESPONSES_STORE_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
+    responses_store_max_age_secs: u64,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -155,6 +165,9 @@ struct ServeFile {
     max_connections: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     http_workers: Option<usize>,
+    responses_store: Option<String>,
+    responses_store_memory: Option<String>,
+    responses_store_max_age_secs: Option<u64>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -220,6 +233,21 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.http_workers, unset("http_workers")) {
         args.http_workers = v;
+    }
+    if let (Some(v), true) = (f.responses_store, unset("responses_store")) {
+        if v != "on" && v != "off" {
+            bail!("config file: responses_store must be \"on\" or \"off\"; got {v:?}");
+        }
+        args.responses_store = v;
+    }
+    if let (Some(v), true) = (f.responses_store_memory, unset("responses_store_memory")) {
+        args.responses_store_memory = size(&v)?;
+    }
+    if let (Some(v), true) = (
+        f.responses_store_max_age_secs,
+        unset("responses_store_max_age_secs"),
+    ) {
+        args.responses_store_max_age_secs = v;
     }
     Ok(())
 }
@@ -390,6 +418,12 @@ fn main() -> Result<()> {
                     max_connections: args.max_connections,
                 },
                 prepare_workers: http_workers,
+                responses_store: (args.responses_store == "on").then(|| {
+                    inhaus::api::responses::store::StoreLimits {
+                        max_bytes: args.responses_store_memory,
+                        max_age: std::time::Duration::from_secs(args.responses_store_max_age_secs),
+                    }
+                }),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(http_workers)

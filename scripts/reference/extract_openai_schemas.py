@@ -20,6 +20,10 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    # the Responses API (/v1/responses): the response object, its stream events, stored input items
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 ]
 PREFIX = "#/components/schemas/"
 

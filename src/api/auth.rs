@@ -1,5 +1,7 @@
 //! API keys: with `--api-key` (or `INHAUS_API_KEYS`, or a key file) every protected route needs
-//! `Authorization: Bearer <key>`. Keys are compared in constant time.
+//! `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's clients send it). Keys are
+//! compared in constant time; the key a request used travels with it as `CallerKey` (what is stored
+//! for a key is visible to that key only).
 use super::errors::ApiError;
 use super::AppState;
 use axum::extract::{Request, State};
@@ -15,18 +17,28 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// The API key a request was authorized with.
+#[derive(Clone, Debug)]
+pub struct CallerKey(pub String);
+
+pub async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if state.api_keys.is_empty() {
         return next.run(req).await;
     }
-    let given = req
+    let bearer = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        })
+        });
+    let given = bearer
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
     let ok = given.is_some_and(|g| {
         state
@@ -34,9 +46,12 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             .iter()
             .fold(false, |found, k| found | same(k.as_bytes(), g.as_bytes()))
     });
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+    match given {
+        Some(g) if ok => {
+            let key = CallerKey(g.to_string());
+            req.extensions_mut().insert(key);
+            next.run(req).await
+        }
+        _ => ApiError::unauthorized().into_response(),
     }
 }

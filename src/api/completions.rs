@@ -3,19 +3,16 @@
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
 use super::body::RequestArrival;
-use super::constraints::{self, OutputGrammar};
+use super::chat::{self, Overflow};
+use super::constraints;
 use super::errors::ApiError;
+use super::generation::{self, new_id, now, CancelGuard, Generation};
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::prepare;
-use super::pump::{pump, Piece, TokenLogprob};
-use super::tool_choice::ToolPlan;
+use super::pump::{Piece, TokenLogprob};
 use super::tools::{StreamPiece, ToolCall, ToolCallSplitter, ToolCallStreamer};
-use super::{AppState, ServedModel};
-use crate::chat_template::ToolCallFormat;
-use crate::engine::constraint::{Constraint, ConstraintMode};
-use crate::engine::handle::SubmitError;
-use crate::engine::scheduler::{AdmissionError, CancelHandle};
-use crate::grammar::GrammarSpec;
+use super::AppState;
+use crate::engine::constraint::ConstraintMode;
 use axum::extract::{Extension, FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,28 +20,11 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 type Shared = Arc<AppState>;
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn new_id(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{prefix}-{:x}{:06x}",
-        now(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A JSON body whose rejection is an OpenAI error: 413 past the size limit, else 400 (never
 /// axum's plain-text 422).
@@ -87,7 +67,6 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
-    let served = state.generative(&body.common.model)?;
     let logprobs = match (body.logprobs, body.top_logprobs) {
         (Some(true), k) => match k.unwrap_or(0) {
             k @ 0..=20 => Some(k as usize),
@@ -106,72 +85,21 @@ pub async fn chat_completions(
         }
         _ => None,
     };
-    let mut spec = params::validate(&body.common, served, logprobs)?;
-    let tools = body.tool_plan()?;
-    let output = body.common.constraints.output_grammar()?;
-    let kind = if tools.is_some() {
+    let run = chat::start(&state, body, logprobs, Overflow::Refuse, arrived).await?;
+    let kind = if run.tool_names.is_some() {
         Kind::ChatWithTools
     } else {
         Kind::Chat
     };
-    let tool_names = tools.as_ref().map(ToolPlan::names).unwrap_or_default();
-    let model = body.common.model;
-    let messages = body.messages;
-    // Rendering, tokenizing and compiling a grammar are CPU work: off the async workers.
-    let (prompt, constraint) = prepare::run(&state, &model, move |served| {
-        let raw = tools.as_ref().map(|t| &t.raw);
-        let prompt = params::chat_prompt(served, &messages, true, raw)?;
-        let constraint = chat_constraint(served, tools.as_ref(), output)?;
-        Ok((prompt, constraint))
-    })
-    .await?;
-    spec.constraint = constraint;
-    run(state, model, spec, vec![prompt], kind, tool_names, arrived).await
-}
-
-/// The constraint of a chat reply: forced tool calls; else the requested output format (or, with
-/// `auto` tools in the Hermes format, that format or calls); else the rest of any call the model
-/// opens by itself.
-fn chat_constraint(
-    served: &ServedModel,
-    tools: Option<&ToolPlan>,
-    output: Option<OutputGrammar>,
-) -> Result<Option<Constraint>, ApiError> {
-    let format = served
-        .loaded
-        .chat_template
-        .as_ref()
-        .map_or(ToolCallFormat::BareJson, |t| t.tool_format);
-    let tok = &served.loaded.tokenizer;
-    let open = tok
-        .tokenizer
-        .token_to_id("<tool_call>")
-        .filter(|&id| !tok.is_control(id));
-    let whole = ConstraintMode::Whole;
-    let chosen = match (tools, output) {
-        (Some(plan), _) if plan.forced() => plan
-            .grammar(format, open)
-            .map(|(g, mode)| (g, "tools", mode)),
-        (Some(plan), Some(out)) => {
-            let answer = match &out.spec {
-                GrammarSpec::JsonSchema(s) => Some(s.clone()),
-                GrammarSpec::JsonObject => Some(serde_json::json!({"type": "object"})),
-                _ => None,
-            };
-            match answer.and_then(|a| plan.grammar_or_answer(format, &a)) {
-                Some(g) => Some((g, out.param, whole)),
-                None => Some((out.spec, out.param, whole)),
-            }
-        }
-        (Some(plan), None) => plan
-            .grammar(format, open)
-            .map(|(g, mode)| (g, "tools", mode)),
-        (None, Some(out)) => Some((out.spec, out.param, whole)),
-        (None, None) => None,
+    let meta = Meta {
+        id: new_id("chatcmpl"),
+        created: now(),
+        model: run.model,
+        kind,
+        prompt_tokens: run.generation.prompt_tokens,
+        tool_names: run.tool_names.unwrap_or_default(),
     };
-    chosen
-        .map(|(spec, param, mode)| constraints::compile(served, &spec, param, mode))
-        .transpose()
+    Ok(answer(meta, &run.spec, run.generation).await)
 }
 
 pub async fn completions(
@@ -216,40 +144,30 @@ pub async fn completions(
     })
     .await?;
     spec.constraint = constraint;
-    run(
-        state,
+    let generation = generation::start(&state, &model, &spec, prompts, arrived).await?;
+    let meta = Meta {
+        id: new_id("cmpl"),
+        created: now(),
         model,
-        spec,
-        prompts,
-        Kind::Completion,
-        Vec::new(),
-        arrived,
-    )
-    .await
+        kind: Kind::Completion,
+        prompt_tokens: generation.prompt_tokens,
+        tool_names: Vec::new(),
+    };
+    Ok(answer(meta, &spec, generation).await)
 }
 
-/// Cancels every submitted request when dropped (the handler or stream task went away).
-struct CancelGuard(Vec<CancelHandle>);
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            c.cancel_all();
-        }
-    }
-}
-
-fn submit_error(e: SubmitError) -> ApiError {
-    match e {
-        SubmitError::Refused(AdmissionError::QueueFull) => ApiError::overloaded(),
-        SubmitError::Refused(e @ AdmissionError::TooLong { .. }) => {
-            ApiError::context_too_long(e.to_string())
-        }
-        SubmitError::Refused(e @ AdmissionError::BadChoiceCount { .. }) => {
-            ApiError::invalid(e.to_string(), Some("n"))
-        }
-        SubmitError::Refused(e) => ApiError::invalid(e.to_string(), Some("prompt")),
-        SubmitError::Stopped => ApiError::internal("the engine has stopped"),
+/// The answer to a started generation: one JSON object, or an SSE stream of chunks.
+async fn answer(meta: Meta, spec: &GenSpec, generation: Generation) -> Response {
+    let Generation {
+        pieces,
+        guard,
+        choices,
+        ..
+    } = generation;
+    if spec.stream {
+        stream_response(meta, choices, spec.include_usage, pieces, guard)
+    } else {
+        collect_response(meta, choices, pieces, guard).await
     }
 }
 
@@ -268,84 +186,6 @@ impl ChoiceOut {
         self.logprobs.extend(logprobs);
         any
     }
-}
-
-async fn run(
-    state: Shared,
-    model: String,
-    spec: GenSpec,
-    prompts: Vec<Vec<u32>>,
-    kind: Kind,
-    tool_names: Vec<String>,
-    arrived: Instant,
-) -> Result<Response, ApiError> {
-    let served = state.generative(&model)?;
-    // One deadline for the whole request, from its arrival: reading the body and preparing the
-    // prompt count against it too. Past it before generation starts: 408 (nothing was done).
-    let deadline = state.request_timeout.map(|d| (arrived + d, d.as_secs()));
-    if let Some((at, secs)) = deadline {
-        if Instant::now() >= at {
-            return Err(ApiError::timeout(secs));
-        }
-    }
-    // Each prompt is one engine request, and all wait in the queue at once: more than it holds
-    // could never succeed, however long the client retries.
-    if prompts.len() > served.limits.max_waiting {
-        return Err(ApiError::invalid(
-            format!(
-                "At most {} prompts fit in one request on this server (--max-waiting); got {}.",
-                served.limits.max_waiting,
-                prompts.len()
-            ),
-            Some("prompt"),
-        ));
-    }
-    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-    let requests = prompts
-        .into_iter()
-        .map(|p| spec.request(served, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
-    let submitted = {
-        let state = state.clone();
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || {
-            let served = state.generative(&model).map_err(|_| SubmitError::Stopped)?;
-            let mut streams = Vec::with_capacity(requests.len());
-            for r in requests {
-                streams.push(served.engine.submit(r)?);
-            }
-            Ok::<_, SubmitError>(streams)
-        })
-        .await
-    };
-    let streams = submitted
-        .unwrap_or(Err(SubmitError::Stopped))
-        .map_err(submit_error)?;
-    let n = spec.n;
-    let total = n * streams.len();
-    let guard = CancelGuard(streams.iter().map(|s| s.cancel.clone()).collect());
-    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(256);
-    for (p, stream) in streams.into_iter().enumerate() {
-        let loaded = served.loaded.clone();
-        let stops = spec.stops.clone();
-        let tx = tx.clone();
-        tokio::task::spawn_blocking(move || pump(loaded, stream, n, p * n, stops, deadline, tx));
-    }
-    drop(tx);
-    let meta = Meta {
-        id: new_id(if kind.is_chat() { "chatcmpl" } else { "cmpl" }),
-        created: now(),
-        model,
-        kind,
-        prompt_tokens,
-        tool_names,
-    };
-    Ok(if spec.stream {
-        stream_response(meta, total, spec.include_usage, rx, guard)
-    } else {
-        collect_response(meta, total, rx, guard).await
-    })
 }
 
 struct Meta {
@@ -432,6 +272,7 @@ async fn collect_response(
                 logprobs,
                 reason,
                 completion_tokens,
+                ..
             } => {
                 let o = &mut outs[index];
                 want_logprobs |= o.absorb(&text, logprobs);
@@ -634,6 +475,7 @@ fn stream_response(
                     logprobs,
                     reason,
                     completion_tokens: n,
+                    ..
                 } => {
                     let (pieces, called) = match streamers[index].take() {
                         Some(mut st) if with_tools => {

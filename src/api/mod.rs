@@ -5,15 +5,20 @@
 //! framework's plain-text reply.
 pub mod auth;
 pub mod body;
+pub mod chat;
 pub mod completions;
 pub mod constraints;
 pub mod embeddings;
 pub mod errors;
+pub mod generation;
 pub mod listen;
+pub mod messages;
 pub mod observe;
 pub mod params;
 pub mod prepare;
 pub mod pump;
+pub mod reply;
+pub mod responses;
 pub mod routes;
 pub mod tokenize;
 pub mod tool_choice;
@@ -44,6 +49,18 @@ pub struct ServedModel {
     pub limits: EngineConfig,
 }
 
+impl ServedModel {
+    /// The longest sequence (prompt + completion) one request can have: the model's context, or
+    /// less when the KV cache holds fewer tokens.
+    pub fn max_sequence_len(&self) -> usize {
+        let ctx = self.loaded.model.config.context_len;
+        match self.limits.num_blocks * self.limits.block_size {
+            0 => ctx,
+            pool => ctx.min(pool),
+        }
+    }
+}
+
 /// Everything loaded, by the name clients use in `model`.
 #[derive(Default)]
 pub struct Models {
@@ -63,6 +80,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Requests being prepared at once (template, tokenizer, grammar) at most: see `prepare`.
     pub prepare_slots: tokio::sync::Semaphore,
+    /// Stored Responses API responses (`None`: `--responses-store off`).
+    pub responses: Option<responses::store::ResponseStore>,
 }
 
 impl AppState {
@@ -71,6 +90,7 @@ impl AppState {
         request_timeout: Option<Duration>,
         max_body_bytes: usize,
         prepare_workers: usize,
+        responses_store: Option<responses::store::StoreLimits>,
     ) -> Self {
         let mut registry = Registry::default();
         let engine_metrics = EngineMetricFamilies::register(&mut registry);
@@ -89,6 +109,7 @@ impl AppState {
             request_timeout,
             max_body_bytes,
             prepare_slots: tokio::sync::Semaphore::new(prepare_workers.max(1)),
+            responses: responses_store.map(responses::store::ResponseStore::new),
         }
     }
 
@@ -160,6 +181,8 @@ pub struct ServeConfig {
     pub conn_limits: listen::ConnLimits,
     /// Requests prepared (template, tokenizer, grammar) at once at most, off the async workers.
     pub prepare_workers: usize,
+    /// Limits of the Responses API's store; `None` keeps no responses.
+    pub responses_store: Option<responses::store::StoreLimits>,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -298,6 +321,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.request_timeout,
         cfg.max_body_bytes,
         cfg.prepare_workers,
+        cfg.responses_store.clone(),
     ));
     let app = routes::router(state.clone(), cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
@@ -332,7 +356,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    models.loaded_at = completions::now();
+    models.loaded_at = generation::now();
     if state.models.set(models).is_err() {
         anyhow::bail!("models were loaded twice");
     }

@@ -175,7 +175,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let state = Arc::new(AppState::new(Vec::new(), None, 1024, 1));
+        let state = Arc::new(AppState::new(Vec::new(), None, 1024, 1, None));
         let app = Router::new()
             .route(
                 "/boom",

@@ -271,6 +271,11 @@ pub fn validate(
 }
 
 impl GenSpec {
+    /// `max_tokens` as asked (`None`: what the context leaves, up to 4096).
+    pub fn max_tokens(&self) -> Option<usize> {
+        self.max_tokens
+    }
+
     /// The engine request for `prompt`; a 400 when prompt + max_tokens exceed the context.
     pub fn request(
         &self,
@@ -280,7 +285,7 @@ impl GenSpec {
         if prompt.is_empty() {
             return Err(ApiError::invalid("The prompt is empty.", Some("prompt")));
         }
-        let ctx = served.loaded.model.config.context_len;
+        let ctx = served.max_sequence_len();
         let max_tokens = self
             .max_tokens
             .unwrap_or_else(|| ctx.saturating_sub(prompt.len()).clamp(1, 4096));

@@ -37,6 +37,8 @@ pub enum Piece {
         logprobs: Vec<TokenLogprob>,
         reason: &'static str,
         completion_tokens: usize,
+        /// The stop string that ended the choice, if one did.
+        stop_sequence: Option<String>,
     },
     Failed(ApiError),
 }
@@ -72,13 +74,14 @@ fn logprob_entry(tok: &ModelTokenizer, id: u32, lp: &TokenLogprobs) -> TokenLogp
 
 impl ChoiceState {
     /// The choice's last piece: the text still held, with its log-probabilities.
-    fn end(&mut self, index: usize, reason: &'static str) -> Piece {
+    fn end(&mut self, index: usize, reason: &'static str, stop: Option<&str>) -> Piece {
         Piece::End {
             index,
             text: std::mem::take(&mut self.pending),
             logprobs: std::mem::take(&mut self.logprobs),
             reason,
             completion_tokens: self.tokens,
+            stop_sequence: stop.map(str::to_string),
         }
     }
 }
@@ -144,7 +147,7 @@ pub fn pump(
                     if let Ok(t) = st.decoder.finish(tok) {
                         st.pending.push_str(&t);
                     }
-                    let end = st.end(index_base + c, "length");
+                    let end = st.end(index_base + c, "length", None);
                     if out.blocking_send(end).is_err() {
                         return;
                     }
@@ -185,10 +188,10 @@ pub fn pump(
                         }
                     }
                 }
-                if let Some(pos) = stops
+                if let Some((pos, stop)) = stops
                     .iter()
-                    .filter_map(|s| st.pending.find(s.as_str()))
-                    .min()
+                    .filter_map(|s| st.pending.find(s.as_str()).map(|p| (p, s)))
+                    .min_by_key(|&(p, _)| p)
                 {
                     st.pending.truncate(pos);
                     // The log-probabilities go with the text: tokens wholly inside the stop
@@ -199,7 +202,7 @@ pub fn pump(
                     st.done = true;
                     open -= 1;
                     stream.cancel.cancel(choice);
-                    let end = st.end(index_base + choice, "stop");
+                    let end = st.end(index_base + choice, "stop", Some(stop));
                     if out.blocking_send(end).is_err() {
                         return;
                     }
@@ -240,7 +243,7 @@ pub fn pump(
                 if let Ok(t) = st.decoder.finish(tok) {
                     st.pending.push_str(&t);
                 }
-                let end = st.end(index_base + choice, finish_name(reason));
+                let end = st.end(index_base + choice, finish_name(reason), None);
                 if out.blocking_send(end).is_err() {
                     return;
                 }

@@ -1,7 +1,9 @@
 //! The router: which path goes to which handler, which routes need an API key, the body limit and
 //! body-read timeout, the request log and counter, and the small endpoints (models, health, readiness).
 use super::errors::ApiError;
-use super::{auth, body, completions, embeddings, observe, tokenize, AppState};
+use super::{
+    auth, body, completions, embeddings, messages, observe, responses, tokenize, AppState,
+};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -22,17 +24,25 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
-        // Inside the key check: no body is read for a caller without a key.
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            body::read_within_timeout,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        );
+    // Anthropic's API: the same checks, and errors in Anthropic's shape.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens));
+    let protected = with_key_and_body(protected, &state);
+    let anthropic = with_key_and_body(anthropic, &state)
+        .route_layer(middleware::from_fn(messages::errors::anthropic_errors));
     Router::new()
         .merge(protected)
+        .merge(anthropic)
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(observe::metrics))
@@ -44,6 +54,20 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// The API key check, then the body read within the request timeout (inside the key check: no
+/// body is read for a caller without a key).
+fn with_key_and_body(routes: Router<Shared>, state: &Shared) -> Router<Shared> {
+    routes
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::read_within_timeout,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
 }
 
 fn model_object(id: &str, created: u64) -> Value {

@@ -80,8 +80,9 @@ def default_server() -> suite.Server:
 
 @pytest.fixture(scope="session")
 def auth_server():
-    """A server started with `--api-key sk-test` (the chat model only)."""
-    srv = _start([suite.CHAT_MODEL], ["--api-key", suite.API_KEY], name="auth server")
+    """A server started with two API keys, `sk-test` and `sk-other` (the chat model only)."""
+    keys = ["--api-key", suite.API_KEY, "--api-key", suite.OTHER_API_KEY]
+    srv = _start([suite.CHAT_MODEL], keys, name="auth server")
     yield srv
     srv.stop()
 

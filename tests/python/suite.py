@@ -34,6 +34,15 @@ MODELS = _list(os.environ.get("INHAUS_TEST_MODELS") or f"{CHAT_MODEL},{EMBED_MOD
 SERVER_ARGS = shlex.split(os.environ.get("INHAUS_TEST_SERVER_ARGS", "--kv-cache-memory 64MiB"))
 START_TIMEOUT_S = float(os.environ.get("INHAUS_TEST_START_TIMEOUT") or 120)
 API_KEY = "sk-test"
+# The function tool the tool tests declare, in the shape of chat's `function` (the Responses API takes
+# it with "type": "function" beside its fields, the Messages API with `input_schema`).
+WEATHER_FUNCTION = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+# A second key of the auth server: what one key stores, the other must not see.
+OTHER_API_KEY = "sk-other"
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 

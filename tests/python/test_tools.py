@@ -7,22 +7,10 @@ import openai
 import pytest
 
 import schema
+import suite
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = [{"type": "function", "function": suite.WEATHER_FUNCTION}]
 ASK = [{"role": "user", "content": "What is the weather in Berlin?"}]
 
 

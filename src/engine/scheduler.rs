@@ -11,13 +11,19 @@ use super::constraint::{Advance, Constraint, SeqConstraint};
 use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use super::step_model::StepModel;
-use inhaus_models::{Batch, LogitsWanted, ModelError, SeqChunk, Transformer};
+use inhaus_models::{Batch, LogitsWanted, ModelError, SeqChunk, StepLogits, Transformer};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use thiserror::Error;
+
+/// A sequence's sampled token with its log-probabilities, or why the sequence ends instead.
+type Pick = Result<(u32, Option<TokenLogprobs>), FinishReason>;
+
+/// One sequence's draw on the compute pool: the sequence, its logits row, and the pick once made.
+type SampleTask<'a> = Mutex<(&'a mut Seq, &'a [f32], Option<Pick>)>;
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -512,9 +518,10 @@ impl<'m, M: StepModel> Engine<'m, M> {
         StepPlan { plan, copies }
     }
 
-    /// Samples `seq`'s next token from `row` (within its grammar, if it has one), streams it, and
-    /// says whether the sequence is done.
-    fn emit_token(seq: &mut Seq, row: &[f32], metrics: &EngineMetrics) -> Option<FinishReason> {
+    /// Samples `seq`'s next token from `row` (within its grammar, if it has one), with its
+    /// log-probabilities when asked. Touches only `seq`: the step runs it for every sequence at once
+    /// on the compute pool.
+    fn pick_token(seq: &mut Seq, row: &[f32]) -> Pick {
         let banned: &[u32] = if seq.generated() < seq.min_tokens {
             &seq.stop_ids
         } else {
@@ -525,15 +532,24 @@ impl<'m, M: StepModel> Engine<'m, M> {
             Some(Ok(Some(mask))) => seq.sampler.sample_with(row, banned, Some(mask)),
             Some(Err(e)) => {
                 tracing::error!(seq = seq.id.0, "grammar failed: {e}");
-                return Some(FinishReason::Error);
+                return Err(FinishReason::Error);
             }
         };
-        seq.sampler.observe(tok);
         let logprobs = seq
             .sampler
             .params()
             .logprobs
             .map(|k| token_logprobs(row, tok, k));
+        Ok((tok, logprobs))
+    }
+
+    /// Streams `seq`'s picked token and says whether the sequence is done.
+    fn emit_token(seq: &mut Seq, pick: Pick, metrics: &EngineMetrics) -> Option<FinishReason> {
+        let (tok, logprobs) = match pick {
+            Ok(p) => p,
+            Err(reason) => return Some(reason),
+        };
+        seq.sampler.observe(tok);
         seq.tokens.push(tok);
         metrics.generation_tokens.inc();
         let now = Instant::now();
@@ -570,6 +586,53 @@ impl<'m, M: StepModel> Engine<'m, M> {
         } else {
             None
         }
+    }
+
+    /// Samples every sequence of the step (the forked children first, then the running ones that
+    /// have a row), spread over the compute pool: each draw reads its own row and touches only its
+    /// own sequence. The picks come back in that order.
+    fn pick_tokens(
+        running: &mut [Seq],
+        rows: &[Option<usize>],
+        children: &mut [(Seq, usize)],
+        logits: &StepLogits,
+    ) -> Vec<Pick> {
+        let mut work: Vec<(&mut Seq, &[f32])> = Vec::with_capacity(running.len() + children.len());
+        for (child, k) in children.iter_mut() {
+            if let Some(row) = logits.last(*k) {
+                work.push((child, row));
+            }
+        }
+        for (seq, k) in running.iter_mut().zip(rows) {
+            if let Some(row) = k.and_then(|k| logits.last(k)) {
+                work.push((seq, row));
+            }
+        }
+        if work.len() < 2 || inhaus_kernels::pool::threads() < 2 {
+            return work
+                .into_iter()
+                .map(|(seq, row)| Self::pick_token(seq, row))
+                .collect();
+        }
+        // One lock per task, never contended: it only hands each task its own sequence.
+        let tasks: Vec<SampleTask> = work
+            .into_iter()
+            .map(|(seq, row)| Mutex::new((seq, row, None)))
+            .collect();
+        inhaus_kernels::pool::parallel_for(tasks.len(), |t| {
+            let mut task = tasks[t].lock().unwrap_or_else(|e| e.into_inner());
+            let (seq, row, pick) = &mut *task;
+            *pick = Some(Self::pick_token(seq, row));
+        });
+        tasks
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .2
+                    .unwrap_or(Err(FinishReason::Error))
+            })
+            .collect()
     }
 
     /// Forks the choices `seq` still owes, now that its prompt is computed: each child shares the
@@ -726,8 +789,10 @@ impl<'m, M: StepModel> Engine<'m, M> {
         }
         let logits = logits?;
         let bs = self.cfg.block_size;
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
-        let mut forked: Vec<Seq> = Vec::new();
+        // Which logits row each running sequence samples from, and the choices forked this step
+        // (each samples from its parent's row).
+        let mut rows: Vec<Option<usize>> = vec![None; self.running.len()];
+        let mut children: Vec<(Seq, usize)> = Vec::new();
         for (k, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             seq.num_computed += n;
@@ -741,20 +806,31 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 ));
                 seq.registered += 1;
             }
-            let Some(row) = logits.last(k) else { continue };
-            let mut children = if seq.forks.is_empty() {
-                Vec::new()
-            } else {
-                self.fork_children(i)
-            };
-            for mut child in children.drain(..) {
-                match Self::emit_token(&mut child, row, &self.metrics) {
-                    Some(r) => self.finish(&mut child, r),
-                    None => forked.push(child),
-                }
+            if logits.last(k).is_none() {
+                continue;
             }
-            let seq = &mut self.running[i];
-            if let Some(r) = Self::emit_token(seq, row, &self.metrics) {
+            rows[i] = Some(k);
+            if !seq.forks.is_empty() {
+                children.extend(self.fork_children(i).into_iter().map(|c| (c, k)));
+            }
+        }
+        let picks = Self::pick_tokens(&mut self.running, &rows, &mut children, &logits);
+        let mut picks = picks.into_iter();
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut forked: Vec<Seq> = Vec::new();
+        for (mut child, _) in children {
+            let Some(pick) = picks.next() else { break };
+            match Self::emit_token(&mut child, pick, &self.metrics) {
+                Some(r) => self.finish(&mut child, r),
+                None => forked.push(child),
+            }
+        }
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if rows[i].is_none() {
+                continue;
+            }
+            let Some(pick) = picks.next() else { break };
+            if let Some(r) = Self::emit_token(seq, pick, &self.metrics) {
                 finished.push((i, r));
             }
         }

@@ -10,4 +10,5 @@ pub mod engine;
 pub mod fetch;
 pub mod grammar;
 pub mod loader;
+pub mod provenance;
 pub mod tokenizer;

@@ -4,6 +4,8 @@ use crate::catalog::{self, CatalogError, ResolvedModel};
 use crate::chat_template::{builtin_template, ChatTemplate, ChatTemplateError};
 use crate::tokenizer::{ModelTokenizer, TokenizerError};
 use inhaus_models::{arch, GgufFile, ModelError, Transformer};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -26,6 +28,61 @@ pub struct LoadedModel {
     pub model: Transformer,
     pub tokenizer: ModelTokenizer,
     pub chat_template: Option<ChatTemplate>,
+    /// The weights' quantization (llama.cpp's file-type name, e.g. `Q4_K_M`), when the file says.
+    pub quantization: Option<String>,
+    /// The hex sha256 of the weights file: the catalog's (checked when fetched) or computed on a
+    /// background thread after loading (empty until then).
+    pub weights_sha256: Arc<OnceLock<String>>,
+}
+
+/// llama.cpp's names of `general.file_type`.
+fn file_type_name(t: usize) -> Option<&'static str> {
+    Some(match t {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+/// The weights' sha256: the catalog's, or hashed on a background thread.
+fn weights_sha256(resolved: &ResolvedModel) -> Arc<OnceLock<String>> {
+    let cell = Arc::new(OnceLock::new());
+    if let Some(e) = resolved.entry.filter(|e| !e.sha256.is_empty()) {
+        let _ = cell.set(e.sha256.clone());
+        return cell;
+    }
+    let (path, out) = (resolved.path.clone(), cell.clone());
+    let spawned = std::thread::Builder::new()
+        .name("weights-sha256".into())
+        .spawn(move || match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                let mut h = Sha256::new();
+                if std::io::copy(&mut f, &mut h).is_ok() {
+                    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    let _ = out.set(hex);
+                }
+            }
+            Err(e) => tracing::warn!(path = %path.display(), "hashing the weights: {e}"),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("hashing the weights: {e}");
+    }
+    cell
 }
 
 pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
@@ -60,11 +117,19 @@ pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
         secs = format!("{:.2}", start.elapsed().as_secs_f64()),
         "model loaded"
     );
+    let quantization = file
+        .get_usize("general.file_type")
+        .ok()
+        .and_then(file_type_name)
+        .map(str::to_string);
+    let weights_sha256 = weights_sha256(&resolved);
     Ok(LoadedModel {
         name: resolved.name.clone(),
         resolved,
         model,
         tokenizer,
         chat_template,
+        quantization,
+        weights_sha256,
     })
 }

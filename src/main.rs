@@ -62,6 +62,16 @@ enum Command {
         model: Option<String>,
         text: String,
     },
+    /// Keys: `inhaus keys signing-key new --out FILE` makes the Ed25519 key that signs provenance.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Provenance of saved responses: `inhaus provenance verify RESPONSE.json --public-key KEY`.
+    Provenance {
+        #[command(subcommand)]
+        command: ProvenanceCommand,
+    },
     /// Measure prefill and decode speed; prints one JSON line.
     Bench {
         #[arg(long, env = "INHAUS_MODEL")]
@@ -73,6 +83,52 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// The Ed25519 key that signs the provenance of generated output (`serve --signing-key`).
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Writes a new key to FILE (readable by its owner only) and its public key to FILE.pub, and
+    /// prints the public key.
+    New {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvenanceCommand {
+    /// Checks a saved (non-streamed) response: its content against the provenance's digest, and
+    /// the signature. Exits non-zero, saying why, when either fails.
+    Verify {
+        /// The response as the server returned it (JSON).
+        response: std::path::PathBuf,
+        /// The public key: a FILE.pub written by `keys signing-key new`, or its base64 text.
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -144,6 +200,10 @@ struct ServeArgs {
     /// How long a stored response is kept, in seconds (default 30 days).
     #[arg(long, env = "INHAUS_RESPONSES_STORE_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
     responses_store_max_age_secs: u64,
+    /// An Ed25519 key file (`inhaus keys signing-key new`): the provenance of every generated
+    /// response is signed with it.
+    #[arg(long, env = "INHAUS_SIGNING_KEY")]
+    signing_key: Option<std::path::PathBuf>,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -168,6 +228,7 @@ struct ServeFile {
     responses_store: Option<String>,
     responses_store_memory: Option<String>,
     responses_store_max_age_secs: Option<u64>,
+    signing_key: Option<std::path::PathBuf>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -248,6 +309,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
         unset("responses_store_max_age_secs"),
     ) {
         args.responses_store_max_age_secs = v;
+    }
+    if let (Some(v), true) = (f.signing_key, unset("signing_key")) {
+        args.signing_key = Some(v);
     }
     Ok(())
 }
@@ -424,6 +488,7 @@ fn main() -> Result<()> {
                         max_age: std::time::Duration::from_secs(args.responses_store_max_age_secs),
                     }
                 }),
+                signing_key: args.signing_key.clone(),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(http_workers)
@@ -513,6 +578,56 @@ fn main() -> Result<()> {
                 stats.generated_tokens,
                 ds,
                 stats.generated_tokens as f64 / ds.max(1e-9),
+            );
+        }
+        Command::Keys {
+            command:
+                KeysCommand::SigningKey {
+                    command: SigningKeyCommand::New { out },
+                },
+        } => {
+            let signer = inhaus::provenance::ProvenanceSigner::generate();
+            write_private(&out, &format!("{}\n", signer.seed_base64()))?;
+            let public = signer.public_base64();
+            let mut pub_path = out.clone().into_os_string();
+            pub_path.push(".pub");
+            std::fs::write(&pub_path, format!("{public}\n"))
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", pub_path.to_string_lossy()))?;
+            println!("{public}");
+            eprintln!(
+                "inhaus: signing key written to {} (keep it secret), public key to {} (key id {})",
+                out.display(),
+                pub_path.to_string_lossy(),
+                signer.key_id
+            );
+        }
+        Command::Provenance {
+            command:
+                ProvenanceCommand::Verify {
+                    response,
+                    public_key,
+                },
+        } => {
+            let key_text = match std::fs::read_to_string(&public_key) {
+                Ok(t) => t,
+                Err(_) => public_key.clone(),
+            };
+            let key = inhaus::provenance::public_key(&key_text)?;
+            let text = std::fs::read_to_string(&response)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", response.display()))?;
+            let body: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", response.display()))?;
+            inhaus::provenance::verify(&body, &key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", response.display()))?;
+            println!(
+                "ok: {} was generated by {} and is signed by key {}",
+                response.display(),
+                body.pointer("/provenance/model")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?"),
+                body.pointer("/provenance/signature/key_id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
             );
         }
         Command::Tokenize { model, text } => {

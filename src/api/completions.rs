@@ -7,6 +7,8 @@ use super::chat::{self, Overflow};
 use super::constraints;
 use super::errors::ApiError;
 use super::generation::{self, new_id, now, CancelGuard, Generation};
+use super::marking::{self, Mark};
+use super::observe::RequestId;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::prepare;
 use super::pump::{Piece, TokenLogprob};
@@ -64,6 +66,7 @@ impl Kind {
 pub async fn chat_completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
+    rid: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -91,6 +94,12 @@ pub async fn chat_completions(
     } else {
         Kind::Chat
     };
+    let mark = Mark::new(
+        state.generative(&run.model)?,
+        &run.spec.sampling,
+        rid.map(|r| r.0 .0),
+        state.signer.clone(),
+    );
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: now(),
@@ -98,6 +107,7 @@ pub async fn chat_completions(
         kind,
         prompt_tokens: run.generation.prompt_tokens,
         tool_names: run.tool_names.unwrap_or_default(),
+        mark,
     };
     Ok(answer(meta, &run.spec, run.generation).await)
 }
@@ -105,6 +115,7 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
+    rid: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -145,6 +156,12 @@ pub async fn completions(
     .await?;
     spec.constraint = constraint;
     let generation = generation::start(&state, &model, &spec, prompts, arrived).await?;
+    let mark = Mark::new(
+        state.generative(&model)?,
+        &spec.sampling,
+        rid.map(|r| r.0 .0),
+        state.signer.clone(),
+    );
     let meta = Meta {
         id: new_id("cmpl"),
         created: now(),
@@ -152,6 +169,7 @@ pub async fn completions(
         kind: Kind::Completion,
         prompt_tokens: generation.prompt_tokens,
         tool_names: Vec::new(),
+        mark,
     };
     Ok(answer(meta, &spec, generation).await)
 }
@@ -164,11 +182,16 @@ async fn answer(meta: Meta, spec: &GenSpec, generation: Generation) -> Response 
         choices,
         ..
     } = generation;
-    if spec.stream {
+    let mark = meta.mark.clone();
+    let mut resp = if spec.stream {
         stream_response(meta, choices, spec.include_usage, pieces, guard)
     } else {
         collect_response(meta, choices, pieces, guard).await
+    };
+    if resp.status().is_success() {
+        mark.disclose(&mut resp);
     }
+    resp
 }
 
 struct ChoiceOut {
@@ -196,6 +219,7 @@ struct Meta {
     prompt_tokens: usize,
     /// Tools the request declared (ChatWithTools).
     tool_names: Vec<String>,
+    mark: Mark,
 }
 
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
@@ -322,15 +346,16 @@ async fn collect_response(
         Kind::Chat | Kind::ChatWithTools => "chat.completion",
         Kind::Completion => "text_completion",
     };
-    Json(json!({
+    let mut body = json!({
         "id": meta.id,
         "object": object,
         "created": meta.created,
         "model": meta.model,
         "choices": choices,
         "usage": usage(meta.prompt_tokens, completion_tokens),
-    }))
-    .into_response()
+    });
+    body["provenance"] = meta.mark.provenance(&body);
+    Json(body).into_response()
 }
 
 /// The chunks' choice entries for a choice's pieces: content (with the piece's log-probabilities
@@ -370,6 +395,21 @@ fn stream_choices(
     out
 }
 
+/// Adds streamed pieces to what a choice has sent.
+fn record(sent: &mut (String, Vec<(String, String)>), pieces: &[StreamPiece]) {
+    for p in pieces {
+        match p {
+            StreamPiece::Content(t) => sent.0.push_str(t),
+            StreamPiece::CallStart { name, .. } => sent.1.push((name.clone(), String::new())),
+            StreamPiece::CallArgs { index, text } => {
+                if let Some(call) = sent.1.get_mut(*index) {
+                    call.1.push_str(text);
+                }
+            }
+        }
+    }
+}
+
 fn stream_response(
     meta: Meta,
     total: usize,
@@ -396,6 +436,7 @@ fn stream_response(
     let kind = meta.kind;
     let prompt_tokens = meta.prompt_tokens;
     let tool_names = meta.tool_names.clone();
+    let mark = meta.mark.clone();
     let choice = move |index: usize,
                        text: Option<&str>,
                        lp: &[TokenLogprob],
@@ -441,6 +482,8 @@ fn stream_response(
             }
         }
         let mut offsets = vec![0usize; total];
+        // What each choice streamed (text, and calls as name and arguments): the provenance's digest.
+        let mut sent: Vec<(String, Vec<(String, String)>)> = vec![Default::default(); total];
         let mut streamers: Vec<Option<ToolCallStreamer>> = (0..total)
             .map(|_| Some(ToolCallStreamer::new(tool_names.clone())))
             .collect();
@@ -463,6 +506,7 @@ fn stream_response(
                         Some(st) if with_tools => st.push(&text),
                         _ => vec![StreamPiece::Content(text)],
                     };
+                    record(&mut sent[index], &pieces);
                     for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
                         if !send(chunk(json!([c]), None)).await {
                             return;
@@ -486,6 +530,7 @@ fn stream_response(
                         }
                         _ => (vec![StreamPiece::Content(text)], false),
                     };
+                    record(&mut sent[index], &pieces);
                     for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
                         if !send(chunk(json!([c]), None)).await {
                             return;
@@ -505,9 +550,12 @@ fn stream_response(
                 }
             }
         }
-        if ended == total && include_usage {
-            let u = usage(prompt_tokens, completion_tokens);
-            if !send(chunk(json!([]), Some(u))).await {
+        if ended == total {
+            // The final chunk carries the provenance (with the usage, when asked for).
+            let u = include_usage.then(|| usage(prompt_tokens, completion_tokens));
+            let mut last = chunk(json!([]), u);
+            last["provenance"] = mark.provenance(&marking::chat_shape(&sent));
+            if !send(last).await {
                 return;
             }
         }

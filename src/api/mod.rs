@@ -12,6 +12,7 @@ pub mod embeddings;
 pub mod errors;
 pub mod generation;
 pub mod listen;
+pub mod marking;
 pub mod messages;
 pub mod observe;
 pub mod params;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub prepare_slots: tokio::sync::Semaphore,
     /// Stored Responses API responses (`None`: `--responses-store off`).
     pub responses: Option<responses::store::ResponseStore>,
+    /// Signs the provenance of generated output (`--signing-key`).
+    pub signer: Option<Arc<crate::provenance::ProvenanceSigner>>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
             max_body_bytes,
             prepare_slots: tokio::sync::Semaphore::new(prepare_workers.max(1)),
             responses: responses_store.map(responses::store::ResponseStore::new),
+            signer: None,
         }
     }
 
@@ -183,6 +187,8 @@ pub struct ServeConfig {
     pub prepare_workers: usize,
     /// Limits of the Responses API's store; `None` keeps no responses.
     pub responses_store: Option<responses::store::StoreLimits>,
+    /// An Ed25519 key file (`inhaus keys signing-key new`) that signs the provenance of output.
+    pub signing_key: Option<std::path::PathBuf>,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -316,13 +322,19 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
 
 /// Binds, loads the models, serves until SIGINT/SIGTERM (then drains up to the grace period).
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         cfg.api_keys.clone(),
         cfg.request_timeout,
         cfg.max_body_bytes,
         cfg.prepare_workers,
         cfg.responses_store.clone(),
-    ));
+    );
+    if let Some(path) = &cfg.signing_key {
+        let signer = crate::provenance::ProvenanceSigner::load(path)?;
+        tracing::info!(key_id = %signer.key_id, public_key = %signer.public_base64(), "signing the provenance of generated output");
+        state.signer = Some(Arc::new(signer));
+    }
+    let state = Arc::new(state);
     let app = routes::router(state.clone(), cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await

@@ -437,14 +437,16 @@ impl<'m, M: StepModel> Engine<'m, M> {
     /// Sends a sequence's end (and records its latency) and frees its blocks.
     fn finish(&mut self, seq: &mut Seq, reason: FinishReason) {
         for choice in std::iter::once(seq.choice).chain(std::mem::take(&mut seq.forks)) {
-            let _ = seq.tx.send(SeqEvent::Finished { choice, reason });
             // The request's end-to-end latency: when its last choice ends (not when cancelled).
+            // Recorded before the end is sent: a client that reads /metrics right after its answer
+            // must find it.
             let left = seq.clock.open.fetch_sub(1, Ordering::Relaxed);
             if left == 1 && reason != FinishReason::Cancelled {
                 self.metrics
                     .e2e
                     .observe(seq.clock.arrival.elapsed().as_secs_f64());
             }
+            let _ = seq.tx.send(SeqEvent::Finished { choice, reason });
         }
         self.release(seq);
     }

@@ -11,6 +11,8 @@ use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::new_id;
+use super::marking::{self, Mark};
+use super::observe::RequestId;
 use super::params::ChatBody;
 use super::reply::{Finish, Next, ReplyEvent, ReplyItem, ReplyStream};
 use super::AppState;
@@ -64,6 +66,7 @@ fn usage(input: usize, output: usize) -> Value {
 pub async fn create(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
+    rid: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -75,9 +78,17 @@ pub async fn create(
     let id = new_id("msg_");
     let model = run.model.clone();
     let input_tokens = run.generation.prompt_tokens;
+    let mark = Mark::new(
+        state.generative(&run.model)?,
+        &run.spec.sampling,
+        rid.map(|r| r.0 .0),
+        state.signer.clone(),
+    );
     let reply = ReplyStream::new(run);
     if stream {
-        return Ok(stream_message(id, model, input_tokens, reply));
+        let mut resp = stream_message(id, model, input_tokens, reply, mark.clone());
+        mark.disclose(&mut resp);
+        return Ok(resp);
     }
     let reply = reply.collect().await?;
     let content: Vec<Value> = reply
@@ -96,12 +107,15 @@ pub async fn create(
         })
         .collect();
     let (reason, seq) = stop_reason(&reply.finish);
-    Ok(Json(json!({
+    let mut message = json!({
         "id": id, "type": "message", "role": "assistant", "model": model,
         "content": content, "stop_reason": reason, "stop_sequence": seq,
         "usage": usage(input_tokens, reply.completion_tokens),
-    }))
-    .into_response())
+    });
+    message["provenance"] = mark.provenance(&message);
+    let mut resp = Json(message).into_response();
+    mark.disclose(&mut resp);
+    Ok(resp)
 }
 
 pub async fn count_tokens(
@@ -129,6 +143,7 @@ fn stream_message(
     model: String,
     input_tokens: usize,
     mut reply: ReplyStream,
+    mark: Mark,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
@@ -147,6 +162,8 @@ fn stream_message(
         let mut index: i64 = -1;
         // Calls' block indexes (a late piece of arguments goes to its own block).
         let mut calls: Vec<i64> = Vec::new();
+        // The blocks as sent (text, and calls' arguments as text): the provenance's digest.
+        let mut sent: Vec<(String, Vec<(String, String)>)> = vec![Default::default()];
         loop {
             let mut out: Vec<(&str, Value)> = Vec::new();
             let close = |open: &mut Block, index: i64, out: &mut Vec<(&str, Value)>| {
@@ -171,6 +188,7 @@ fn stream_message(
                             }),
                         ));
                     }
+                    sent[0].0.push_str(&t);
                     out.push((
                         "content_block_delta",
                         json!({
@@ -184,12 +202,16 @@ fn stream_message(
                     index += 1;
                     open = Block::Tool;
                     calls.push(index);
+                    sent[0].1.push((name.clone(), String::new()));
                     out.push(("content_block_start", json!({
                         "type": "content_block_start", "index": index,
                         "content_block": { "type": "tool_use", "id": tool_use_id(&id), "name": name, "input": {} },
                     })));
                 }
                 Next::Event(ReplyEvent::CallArgs { index: call, text }) => {
+                    if let Some(c) = sent[0].1.get_mut(call) {
+                        c.1.push_str(&text);
+                    }
                     if let Some(&block) = calls.get(call) {
                         out.push((
                             "content_block_delta",
@@ -214,7 +236,11 @@ fn stream_message(
                             "usage": { "output_tokens": completion_tokens },
                         }),
                     ));
-                    out.push(("message_stop", json!({ "type": "message_stop" })));
+                    let provenance = mark.provenance(&marking::chat_shape(&sent));
+                    out.push((
+                        "message_stop",
+                        json!({ "type": "message_stop", "provenance": provenance }),
+                    ));
                     for (k, v) in out {
                         if tx.send(event(k, v)).await.is_err() {
                             return;

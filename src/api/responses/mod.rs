@@ -13,6 +13,8 @@ use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::{new_id, now};
+use super::marking::Mark;
+use super::observe::RequestId;
 use super::params::ChatBody;
 use super::reply::{Next, ReplyStream};
 use super::AppState;
@@ -64,6 +66,7 @@ pub async fn create(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
     key: Option<Extension<CallerKey>>,
+    rid: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -124,23 +127,34 @@ pub async fn create(
         input_items: req.input_items,
         previous: req.previous_response_id,
     });
+    let mark = Mark::new(
+        state.generative(&run.model)?,
+        &run.spec.sampling,
+        rid.map(|r| r.0 .0),
+        state.signer.clone(),
+    );
     let reply = ReplyStream::new(run);
     if req.stream {
-        return Ok(stream(shell, reply, saved));
+        let mut resp = stream(shell, reply, saved, mark.clone());
+        mark.disclose(&mut resp);
+        return Ok(resp);
     }
     let reply = reply.collect().await?;
     let output = render::output_items(&reply.items, &reply.finish);
-    let response = shell.object(
+    let mut response = shell.object(
         Shell::status(&reply.finish),
         &output,
         Some(reply.completion_tokens),
         Some(&reply.finish),
         None,
     );
+    response["provenance"] = mark.provenance(&response);
     if let Some(s) = saved {
         s.save(&shell.id, &response);
     }
-    Ok(Json(response).into_response())
+    let mut resp = Json(response).into_response();
+    mark.disclose(&mut resp);
+    Ok(resp)
 }
 
 /// Stores a finished response (when `store` is on for it).
@@ -171,7 +185,7 @@ fn sse((kind, data): (String, Value)) -> Result<Event, Infallible> {
     Ok(Event::default().event(kind).data(data.to_string()))
 }
 
-fn stream(shell: Shell, mut reply: ReplyStream, saved: Option<Saver>) -> Response {
+fn stream(shell: Shell, mut reply: ReplyStream, saved: Option<Saver>, mark: Mark) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         let mut w = EventWriter::default();
@@ -194,13 +208,14 @@ fn stream(shell: Shell, mut reply: ReplyStream, saved: Option<Saver>) -> Respons
                 } => {
                     let mut events = w.finish();
                     let status = Shell::status(&finish);
-                    let response = shell.object(
+                    let mut response = shell.object(
                         status,
                         &w.output,
                         Some(completion_tokens),
                         Some(&finish),
                         None,
                     );
+                    response["provenance"] = mark.provenance(&response);
                     let kind = if status == "completed" {
                         "response.completed"
                     } else {

@@ -1,0 +1,99 @@
+//! Every generation response is marked as AI output (EU AI Act Art. 50): the `AI-Disclosure` header,
+//! and a `provenance` object in the body (in the final event of a stream) naming the model, its
+//! weights' sha256 and quantization, the sampling parameters, the time, the request id and the
+//! digest of the generated content, signed when the server has a signing key (see
+//! `crate::provenance`).
+use super::ServedModel;
+use crate::engine::sampler::SamplingParams;
+use crate::provenance::{self, ProvenanceSigner};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::sync::{Arc, OnceLock};
+
+/// The marks of one response, known when generation starts.
+#[derive(Clone)]
+pub struct Mark {
+    model: String,
+    weights_sha256: Arc<OnceLock<String>>,
+    quantization: Option<String>,
+    sampling: Value,
+    request_id: Option<String>,
+    created: u64,
+    signer: Option<Arc<ProvenanceSigner>>,
+}
+
+const AI_DISCLOSURE: HeaderName = HeaderName::from_static("ai-disclosure");
+
+impl Mark {
+    pub fn new(
+        served: &ServedModel,
+        sampling: &SamplingParams,
+        request_id: Option<String>,
+        signer: Option<Arc<ProvenanceSigner>>,
+    ) -> Self {
+        Self {
+            model: served.loaded.name.clone(),
+            weights_sha256: served.loaded.weights_sha256.clone(),
+            quantization: served.loaded.quantization.clone(),
+            sampling: json!({
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": sampling.top_k,
+                "min_p": sampling.min_p,
+                "seed": sampling.seed,
+                "repetition_penalty": sampling.repetition_penalty,
+                "presence_penalty": sampling.presence_penalty,
+                "frequency_penalty": sampling.frequency_penalty,
+            }),
+            request_id,
+            created: super::generation::now(),
+            signer,
+        }
+    }
+
+    /// The `provenance` of a response whose generated content `body` holds (a response of any of
+    /// the generation APIs, or one built in that shape from a stream).
+    pub fn provenance(&self, body: &Value) -> Value {
+        let content = provenance::response_content(body).unwrap_or_default();
+        let mut p = json!({
+            "generator": concat!("inhaus/", env!("CARGO_PKG_VERSION")),
+            "ai_generated": true,
+            "model": self.model,
+            "weights_sha256": self.weights_sha256.get(),
+            "quantization": self.quantization,
+            "sampling": self.sampling,
+            "created": self.created,
+            "request_id": self.request_id,
+            "content_sha256": provenance::content_sha256(&content),
+        });
+        if let Some(s) = &self.signer {
+            s.sign(&mut p);
+        }
+        p
+    }
+
+    /// Adds the `AI-Disclosure` header.
+    pub fn disclose(&self, resp: &mut Response) {
+        let value = provenance::disclosure_header(&self.model, self.created);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(AI_DISCLOSURE, v);
+        }
+    }
+}
+
+/// A chat completion built from streamed choices (text, and tool calls as name and arguments), in
+/// the shape `provenance::response_content` reads.
+pub fn chat_shape(choices: &[(String, Vec<(String, String)>)]) -> Value {
+    let choices: Vec<Value> = choices
+        .iter()
+        .map(|(text, calls)| {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|(n, a)| json!({ "function": { "name": n, "arguments": a } }))
+                .collect();
+            json!({ "message": { "content": text, "tool_calls": calls } })
+        })
+        .collect();
+    json!({ "object": "chat.completion", "choices": choices })
+}

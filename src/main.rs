@@ -72,6 +72,16 @@ enum Command {
         #[command(subcommand)]
         command: ProvenanceCommand,
     },
+    /// Print the system card (models with source, license, sha256, quantization and context; the
+    /// configuration in force, without secrets; version and build) of the server these serve flags
+    /// describe: the models are loaded as `serve` would, nothing is served.
+    Card {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// `markdown` or `json`.
+        #[arg(long, default_value = "markdown", value_parser = ["markdown", "json"])]
+        format: String,
+    },
     /// Measure prefill and decode speed; prints one JSON line.
     Bench {
         #[arg(long, env = "INHAUS_MODEL")]
@@ -204,6 +214,14 @@ struct ServeArgs {
     /// response is signed with it.
     #[arg(long, env = "INHAUS_SIGNING_KEY")]
     signing_key: Option<std::path::PathBuf>,
+    /// Also export the engine's gauges under vLLM's names (`vllm:num_requests_waiting`, ...), which
+    /// Kubernetes' inference gateway reads: `vllm` or `none`.
+    #[arg(long, env = "INHAUS_METRICS_COMPAT", default_value = "vllm", value_parser = ["vllm", "none"])]
+    metrics_compat: String,
+    /// The names clients use for the models, in the order of `--model` (as vLLM's flag; the same as
+    /// `--model NAME=MODEL`).
+    #[arg(long, env = "INHAUS_SERVED_MODEL_NAME", value_delimiter = ',')]
+    served_model_name: Vec<String>,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -229,6 +247,8 @@ struct ServeFile {
     responses_store_memory: Option<String>,
     responses_store_max_age_secs: Option<u64>,
     signing_key: Option<std::path::PathBuf>,
+    metrics_compat: Option<String>,
+    served_model_name: Option<Vec<String>>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -313,7 +333,87 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     if let (Some(v), true) = (f.signing_key, unset("signing_key")) {
         args.signing_key = Some(v);
     }
+    if let (Some(v), true) = (f.metrics_compat, unset("metrics_compat")) {
+        if v != "vllm" && v != "none" {
+            bail!("config file: metrics_compat must be \"vllm\" or \"none\"; got {v:?}");
+        }
+        args.metrics_compat = v;
+    }
+    if let (Some(v), true) = (f.served_model_name, unset("served_model_name")) {
+        args.served_model_name = v;
+    }
     Ok(())
+}
+
+/// Applies `--served-model-name`: the i-th name is what clients call the i-th model (`NAME=MODEL`).
+fn served_names(models: Vec<String>, names: &[String]) -> Result<Vec<String>> {
+    if names.len() > models.len() {
+        bail!(
+            "--served-model-name gives {} names for {} models",
+            names.len(),
+            models.len()
+        );
+    }
+    Ok(models
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| match names.get(i) {
+            // NAME=PATH already names it: the served name replaces that name.
+            Some(n) => format!("{n}={}", m.split_once('=').map_or(m.as_str(), |(_, p)| p)),
+            None => m,
+        })
+        .collect())
+}
+
+/// The server's configuration from its flags (after the config file was applied); also the number
+/// of HTTP worker threads.
+fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
+    check_serve_args(args)?;
+    let http_workers = match args.http_workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2),
+        n => n,
+    };
+    let models = if args.models.is_empty() {
+        inhaus::catalog::default_serve_aliases()
+    } else {
+        args.models.clone()
+    };
+    let models = served_names(models, &args.served_model_name)?;
+    let cfg = inhaus::api::ServeConfig {
+        host: args.host.clone(),
+        port: args.port,
+        models,
+        engine: inhaus::engine::scheduler::EngineConfig {
+            max_num_seqs: args.max_num_seqs.max(1),
+            max_num_batched_tokens: args.max_num_batched_tokens.max(1),
+            block_size: 16,
+            num_blocks: 0,
+            max_waiting: args.max_waiting,
+        },
+        kv_cache_bytes: args.kv_cache_memory,
+        api_keys: api_keys(args)?,
+        request_timeout: (args.request_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
+        max_body_bytes: args.max_body,
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+        conn_limits: inhaus::api::listen::ConnLimits {
+            header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),
+            max_connections: args.max_connections,
+        },
+        prepare_workers: http_workers,
+        responses_store: (args.responses_store == "on").then(|| {
+            inhaus::api::responses::store::StoreLimits {
+                max_bytes: args.responses_store_memory,
+                max_age: std::time::Duration::from_secs(args.responses_store_max_age_secs),
+            }
+        }),
+        signing_key: args.signing_key.clone(),
+        vllm_metrics: args.metrics_compat == "vllm",
+    };
+    Ok((cfg, http_workers))
 }
 
 /// Refuses settings that would make a server that cannot serve.
@@ -445,51 +545,7 @@ fn main() -> Result<()> {
             if let Some(m) = matches.subcommand_matches("serve") {
                 apply_config_file(&mut args, m)?;
             }
-            check_serve_args(&args)?;
-            let http_workers = match args.http_workers {
-                0 => std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-                    .max(2),
-                n => n,
-            };
-            let models = if args.models.is_empty() {
-                inhaus::catalog::default_serve_aliases()
-            } else {
-                args.models.clone()
-            };
-            let cfg = inhaus::api::ServeConfig {
-                host: args.host.clone(),
-                port: args.port,
-                models,
-                engine: inhaus::engine::scheduler::EngineConfig {
-                    max_num_seqs: args.max_num_seqs.max(1),
-                    max_num_batched_tokens: args.max_num_batched_tokens.max(1),
-                    block_size: 16,
-                    num_blocks: 0,
-                    max_waiting: args.max_waiting,
-                },
-                kv_cache_bytes: args.kv_cache_memory,
-                api_keys: api_keys(&args)?,
-                request_timeout: (args.request_timeout_secs > 0)
-                    .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
-                max_body_bytes: args.max_body,
-                shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
-                conn_limits: inhaus::api::listen::ConnLimits {
-                    header_read_timeout: std::time::Duration::from_secs(
-                        args.header_read_timeout_secs,
-                    ),
-                    max_connections: args.max_connections,
-                },
-                prepare_workers: http_workers,
-                responses_store: (args.responses_store == "on").then(|| {
-                    inhaus::api::responses::store::StoreLimits {
-                        max_bytes: args.responses_store_memory,
-                        max_age: std::time::Duration::from_secs(args.responses_store_max_age_secs),
-                    }
-                }),
-                signing_key: args.signing_key.clone(),
-            };
+            let (cfg, http_workers) = serve_config(&args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(http_workers)
                 .enable_all()
@@ -579,6 +635,16 @@ fn main() -> Result<()> {
                 ds,
                 stats.generated_tokens as f64 / ds.max(1e-9),
             );
+        }
+        Command::Card {
+            serve: mut args,
+            format,
+        } => {
+            if let Some(m) = matches.subcommand_matches("card") {
+                apply_config_file(&mut args, m)?;
+            }
+            let (cfg, _) = serve_config(&args)?;
+            println!("{}", inhaus::api::system_card(&cfg, format == "markdown")?);
         }
         Command::Keys {
             command:

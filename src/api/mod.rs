@@ -5,6 +5,7 @@
 //! framework's plain-text reply.
 pub mod auth;
 pub mod body;
+pub mod card;
 pub mod chat;
 pub mod completions;
 pub mod constraints;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub responses: Option<responses::store::ResponseStore>,
     /// Signs the provenance of generated output (`--signing-key`).
     pub signer: Option<Arc<crate::provenance::ProvenanceSigner>>,
+    /// The configuration part of the system card (no secrets).
+    pub card_config: serde_json::Value,
 }
 
 impl AppState {
@@ -114,7 +117,13 @@ impl AppState {
             prepare_slots: tokio::sync::Semaphore::new(prepare_workers.max(1)),
             responses: responses_store.map(responses::store::ResponseStore::new),
             signer: None,
+            card_config: serde_json::Value::Null,
         }
+    }
+
+    /// Also exports the engine gauges under vLLM's names (`--metrics-compat vllm`).
+    pub fn register_vllm_metrics(&mut self) {
+        self.engine_metrics.register_vllm_names(&mut self.registry);
     }
 
     /// The loaded models; 503 while they load.
@@ -189,6 +198,8 @@ pub struct ServeConfig {
     pub responses_store: Option<responses::store::StoreLimits>,
     /// An Ed25519 key file (`inhaus keys signing-key new`) that signs the provenance of output.
     pub signing_key: Option<std::path::PathBuf>,
+    /// Export the engine gauges under vLLM's names as well.
+    pub vllm_metrics: bool,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -296,6 +307,9 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                     mib = (ecfg.num_blocks * per_block) >> 20,
                     "KV cache"
                 );
+                state
+                    .engine_metrics
+                    .cache_config(&name, ecfg.block_size, ecfg.num_blocks);
                 let grammars = GrammarCompiler::new(VocabEnv::new(&loaded.tokenizer, c.vocab))
                     .context("setting up constrained decoding")?;
                 let limits = ecfg.clone();
@@ -320,8 +334,8 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
     Ok(models)
 }
 
-/// Binds, loads the models, serves until SIGINT/SIGTERM (then drains up to the grace period).
-pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+/// The server's shared state for `cfg` (before any model is loaded).
+fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     let mut state = AppState::new(
         cfg.api_keys.clone(),
         cfg.request_timeout,
@@ -334,7 +348,30 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(key_id = %signer.key_id, public_key = %signer.public_base64(), "signing the provenance of generated output");
         state.signer = Some(Arc::new(signer));
     }
-    let state = Arc::new(state);
+    if cfg.vllm_metrics {
+        state.register_vllm_metrics();
+    }
+    state.card_config = card::configuration(cfg);
+    Ok(state)
+}
+
+/// The system card of the server `cfg` describes (models loaded as `serve` would), as Markdown
+/// or JSON: `inhaus card`.
+pub fn system_card(cfg: &ServeConfig, markdown: bool) -> anyhow::Result<String> {
+    let state = build_state(cfg)?;
+    let mut models = load_all(cfg, &state)?;
+    models.loaded_at = generation::now();
+    let c = card::card(&state, &models);
+    Ok(if markdown {
+        card::markdown(&c)
+    } else {
+        serde_json::to_string_pretty(&c)?
+    })
+}
+
+/// Binds, loads the models, serves until SIGINT/SIGTERM (then drains up to the grace period).
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let state = Arc::new(build_state(&cfg)?);
     let app = routes::router(state.clone(), cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await

@@ -2,7 +2,7 @@
 //! body-read timeout, the request log and counter, and the small endpoints (models, health, readiness).
 use super::errors::ApiError;
 use super::{
-    auth, body, completions, embeddings, messages, observe, responses, tokenize, AppState,
+    auth, body, card, completions, embeddings, messages, observe, responses, tokenize, AppState,
 };
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
@@ -32,7 +32,8 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route(
             "/v1/responses/{id}/input_items",
             get(responses::input_items),
-        );
+        )
+        .route("/v1/system/card", get(system_card));
     // Anthropic's API: the same checks, and errors in Anthropic's shape.
     let anthropic = Router::new()
         .route("/v1/messages", post(messages::create))
@@ -43,7 +44,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(protected)
         .merge(anthropic)
-        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(observe::metrics))
         .fallback(|| async { ApiError::not_found() })
@@ -70,6 +71,34 @@ fn with_key_and_body(routes: Router<Shared>, state: &Shared) -> Router<Shared> {
         ))
 }
 
+#[derive(serde::Deserialize)]
+struct CardQuery {
+    format: Option<String>,
+}
+
+/// The system card: JSON, or Markdown with `?format=markdown`.
+async fn system_card(
+    State(state): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<CardQuery>,
+) -> Result<Response, ApiError> {
+    let c = card::card(&state, state.models()?);
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(c).into_response()),
+        Some("markdown" | "md") => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8",
+            )],
+            card::markdown(&c),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::invalid(
+            format!("format must be json or markdown; got `{other}`."),
+            Some("format"),
+        )),
+    }
+}
+
 fn model_object(id: &str, created: u64) -> Value {
     json!({ "id": id, "object": "model", "created": created, "owned_by": "inhaus" })
 }
@@ -94,6 +123,29 @@ async fn get_model(
         Ok(Json(model_object(&id, models.loaded_at)).into_response())
     } else {
         Err(ApiError::model_not_found(&id))
+    }
+}
+
+/// Liveness: 200 while the process serves (also while models load); 503 once an engine thread has
+/// stopped, so that an orchestrator restarts the instance.
+async fn health(State(state): State<Shared>) -> Response {
+    let stopped: Vec<&String> = match state.models() {
+        Ok(models) => models
+            .generative
+            .iter()
+            .filter(|(_, m)| !m.engine.is_alive())
+            .map(|(name, _)| name)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if stopped.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "engine stopped", "models": stopped })),
+        )
+            .into_response()
     }
 }
 

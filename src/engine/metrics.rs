@@ -17,6 +17,15 @@ pub struct ModelLabel {
 
 type Hist = Family<ModelLabel, Histogram, fn() -> Histogram>;
 
+/// The labels of `vllm:cache_config_info` (what an inference gateway reads of the KV cache).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheConfigLabels {
+    pub model_name: String,
+    pub block_size: String,
+    pub num_gpu_blocks: String,
+    pub cache_dtype: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -39,6 +48,7 @@ pub struct EngineMetricFamilies {
     itl: Hist,
     e2e: Hist,
     warmup: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    cache_config: Family<CacheConfigLabels, Gauge>,
 }
 
 impl EngineMetricFamilies {
@@ -56,6 +66,7 @@ impl EngineMetricFamilies {
             itl: Family::new_with_constructor(latency_histogram),
             e2e: Family::new_with_constructor(latency_histogram),
             warmup: Family::default(),
+            cache_config: Family::default(),
         };
         reg.register(
             "inhaus:num_requests_running",
@@ -119,6 +130,44 @@ impl EngineMetricFamilies {
             f.warmup.clone(),
         );
         f
+    }
+
+    /// The same gauges under vLLM's names as well (`vllm:num_requests_waiting`, `..._running`,
+    /// `vllm:kv_cache_usage_perc`, `vllm:cache_config_info`), which Kubernetes' inference gateway and
+    /// dashboards made for vLLM read. The families are shared: both names show the same values.
+    pub fn register_vllm_names(&self, reg: &mut Registry) {
+        reg.register(
+            "vllm:num_requests_running",
+            "Sequences in the running batch (inhaus:num_requests_running)",
+            self.running.clone(),
+        );
+        reg.register(
+            "vllm:num_requests_waiting",
+            "Sequences waiting to be scheduled (inhaus:num_requests_waiting)",
+            self.waiting.clone(),
+        );
+        reg.register(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of KV blocks held by live sequences (inhaus:kv_cache_usage_perc)",
+            self.kv_usage.clone(),
+        );
+        reg.register(
+            "vllm:cache_config_info",
+            "Information of the KV cache (value 1)",
+            self.cache_config.clone(),
+        );
+    }
+
+    /// Records a model's KV cache configuration (`vllm:cache_config_info`).
+    pub fn cache_config(&self, model: &str, block_size: usize, num_blocks: usize) {
+        self.cache_config
+            .get_or_create(&CacheConfigLabels {
+                model_name: model.to_string(),
+                block_size: block_size.to_string(),
+                num_gpu_blocks: num_blocks.to_string(),
+                cache_dtype: "auto".to_string(),
+            })
+            .set(1);
     }
 
     /// The handles for one model's engine.

@@ -189,7 +189,7 @@ fn a_server_under_load_opens_no_connection_beyond_loopback() {
         "/ready",
         "/v1/system/card",
     ] {
-        let (status, _, _) = http(&srv, "GET", path, None);
+        let (status, _, _) = http(srv, "GET", path, None);
         assert_eq!(status, 200, "{path}");
     }
     traced.stop("-TERM");

@@ -222,6 +222,20 @@ struct ServeArgs {
     /// `--model NAME=MODEL`).
     #[arg(long, env = "INHAUS_SERVED_MODEL_NAME", value_delimiter = ',')]
     served_model_name: Vec<String>,
+    /// Serve HTTPS: the certificate chain (PEM). Read again when the file changes.
+    #[arg(long, env = "INHAUS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "INHAUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// A browser origin allowed to call the API (CORS), e.g. https://intranet.example.com
+    /// (repeatable; comma-separated in the env). None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "INHAUS_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -249,6 +263,9 @@ struct ServeFile {
     signing_key: Option<std::path::PathBuf>,
     metrics_compat: Option<String>,
     served_model_name: Option<Vec<String>>,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
+    cors_origins: Option<Vec<String>>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -342,6 +359,15 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     if let (Some(v), true) = (f.served_model_name, unset("served_model_name")) {
         args.served_model_name = v;
     }
+    if let (Some(v), true) = (f.tls_cert, unset("tls_cert")) {
+        args.tls_cert = Some(v);
+    }
+    if let (Some(v), true) = (f.tls_key, unset("tls_key")) {
+        args.tls_key = Some(v);
+    }
+    if let (Some(v), true) = (f.cors_origins, unset("cors_origins")) {
+        args.cors_origins = v;
+    }
     Ok(())
 }
 
@@ -412,6 +438,15 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
         }),
         signing_key: args.signing_key.clone(),
         vllm_metrics: args.metrics_compat == "vllm",
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(inhaus::api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        },
+        cors_origins: args.cors_origins.clone(),
     };
     Ok((cfg, http_workers))
 }

@@ -25,6 +25,8 @@ pub fn configuration(cfg: &super::ServeConfig) -> Value {
             "memory_bytes": s.max_bytes, "max_age_secs": s.max_age.as_secs(),
         })),
         "signing_key": cfg.signing_key.is_some(),
+        "tls": cfg.tls.is_some(),
+        "cors_origins": cfg.cors_origins,
         "vllm_metric_names": cfg.vllm_metrics,
     })
 }

@@ -2,7 +2,8 @@
 //! connection's wait for its next request) must arrive within the header-read timeout, else hyper
 //! closes the connection; at most `max_connections` are open, beyond which new ones wait in the
 //! kernel's backlog until one closes (so `/health` answers again as soon as a slot frees). On the stop
-//! signal it stops accepting, closes idle connections and lets running requests finish.
+//! signal it stops accepting, closes idle connections and lets running requests finish. With TLS,
+//! the handshake must also finish within the header-read timeout.
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<Arc<super::tls::Tls>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -55,15 +57,41 @@ pub async fn serve(
                 continue;
             }
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(target: "inhaus::http", %peer, "connection ended: {e}");
+        let service = TowerToHyperService::new(app.clone());
+        match &tls {
+            None => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(target: "inhaus::http", %peer, "connection ended: {e}");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(target: "inhaus::http", %peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => return, // the handshake took too long
+                    };
+                    let conn =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(target: "inhaus::http", %peer, "connection ended: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     // No new connections; idle ones close now, busy ones after their running request.
     drop(listener);

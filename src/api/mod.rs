@@ -22,6 +22,7 @@ pub mod pump;
 pub mod reply;
 pub mod responses;
 pub mod routes;
+pub mod tls;
 pub mod tokenize;
 pub mod tool_choice;
 pub mod tools;
@@ -200,6 +201,10 @@ pub struct ServeConfig {
     pub signing_key: Option<std::path::PathBuf>,
     /// Export the engine gauges under vLLM's names as well.
     pub vllm_metrics: bool,
+    /// Serve HTTPS with these PEM files.
+    pub tls: Option<tls::TlsFiles>,
+    /// Browser origins allowed to call the API (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -372,7 +377,13 @@ pub fn system_card(cfg: &ServeConfig, markdown: bool) -> anyhow::Result<String> 
 /// Binds, loads the models, serves until SIGINT/SIGTERM (then drains up to the grace period).
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let state = Arc::new(build_state(&cfg)?);
-    let app = routes::router(state.clone(), cfg.max_body_bytes);
+    let tls = cfg
+        .tls
+        .clone()
+        .map(tls::Tls::new)
+        .transpose()?
+        .map(Arc::new);
+    let app = routes::router(state.clone(), cfg.max_body_bytes, &cfg.cors_origins)?;
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
@@ -390,6 +401,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         listener,
         app,
         cfg.conn_limits,
+        tls,
         stop_rx.clone(),
     ));
     // Load on a blocking thread while /health already answers.
@@ -409,7 +421,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     if state.models.set(models).is_err() {
         anyhow::bail!("models were loaded twice");
     }
-    eprintln!("inhaus: listening on http://{addr}");
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    eprintln!("inhaus: listening on {scheme}://{addr}");
     let mut grace_rx = stop_rx.clone();
     let grace = cfg.shutdown_timeout;
     tokio::select! {

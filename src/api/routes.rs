@@ -15,7 +15,39 @@ use std::sync::Arc;
 
 type Shared = Arc<AppState>;
 
-pub fn router(state: Shared, max_body_bytes: usize) -> Router {
+/// Browser origins allowed to call the API: preflights answered, CORS headers on the answers.
+fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o.trim_end_matches('/'))
+                .map_err(|_| anyhow::anyhow!("--cors-origin `{o}` is not a valid origin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("anthropic-version"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("ai-disclosure"),
+        ])
+        .max_age(std::time::Duration::from_secs(600)))
+}
+
+pub fn router(
+    state: Shared,
+    max_body_bytes: usize,
+    cors_origins: &[String],
+) -> anyhow::Result<Router> {
     let protected = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
@@ -41,7 +73,7 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
     let protected = with_key_and_body(protected, &state);
     let anthropic = with_key_and_body(anthropic, &state)
         .route_layer(middleware::from_fn(messages::errors::anthropic_errors));
-    Router::new()
+    let app = Router::new()
         .merge(protected)
         .merge(anthropic)
         .route("/health", get(health))
@@ -54,7 +86,13 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
             observe::observe_requests,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
+        .with_state(state);
+    Ok(if cors_origins.is_empty() {
+        app
+    } else {
+        // Outermost: a preflight carries no key and is answered before the key check.
+        app.layer(cors(cors_origins)?)
+    })
 }
 
 /// The API key check, then the body read within the request timeout (inside the key check: no

@@ -70,7 +70,10 @@ pub fn server_with(args: &[&str]) -> Server {
             .next()
             .expect("server exited before listening")
             .expect("read stderr");
-        if let Some(rest) = line.strip_prefix("inhaus: listening on http://") {
+        let rest = line
+            .strip_prefix("inhaus: listening on http://")
+            .or_else(|| line.strip_prefix("inhaus: listening on https://"));
+        if let Some(rest) = rest {
             break rest.trim().to_string();
         }
         log.lock().unwrap_or_else(|e| e.into_inner()).push(line);

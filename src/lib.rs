@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: CLI / HTTP → engine → models → kernels.
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod catalog;
 pub mod chat_template;

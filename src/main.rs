@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The audit trail: `inhaus audit verify DIR` checks its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Provenance of saved responses: `inhaus provenance verify RESPONSE.json --public-key KEY`.
     Provenance {
         #[command(subcommand)]
@@ -112,6 +117,14 @@ enum SigningKeyCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the chain of every record in DIR: exits non-zero and names the file, line and record
+    /// where it breaks (an edited, removed or inserted record). A record cut short by a crash at the
+    /// end of a file is reported as a torn tail, which is not tampering.
+    Verify { dir: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +249,16 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// Write the AI Act audit trail (one hash-chained JSON Lines record per request, no prompt or
+    /// output text) into this folder; check it with `inhaus audit verify DIR`.
+    #[arg(long, env = "INHAUS_AUDIT_LOG")]
+    audit_log: Option<std::path::PathBuf>,
+    /// An audit file is closed and a new one begun past this size (and every day).
+    #[arg(long, env = "INHAUS_AUDIT_MAX_FILE", value_parser = parse_size, default_value = "64MiB")]
+    audit_max_file: usize,
+    /// When the audit log cannot be written, serve on unlogged (default: refuse with 503).
+    #[arg(long, env = "INHAUS_AUDIT_FAIL_OPEN")]
+    audit_fail_open: bool,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -266,6 +289,9 @@ struct ServeFile {
     tls_cert: Option<std::path::PathBuf>,
     tls_key: Option<std::path::PathBuf>,
     cors_origins: Option<Vec<String>>,
+    audit_log: Option<std::path::PathBuf>,
+    audit_max_file: Option<String>,
+    audit_fail_open: Option<bool>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -368,6 +394,15 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     if let (Some(v), true) = (f.cors_origins, unset("cors_origins")) {
         args.cors_origins = v;
     }
+    if let (Some(v), true) = (f.audit_log, unset("audit_log")) {
+        args.audit_log = Some(v);
+    }
+    if let (Some(v), true) = (f.audit_max_file, unset("audit_max_file")) {
+        args.audit_max_file = size(&v)?;
+    }
+    if let (Some(v), true) = (f.audit_fail_open, unset("audit_fail_open")) {
+        args.audit_fail_open = v;
+    }
     Ok(())
 }
 
@@ -447,6 +482,14 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
             _ => bail!("--tls-cert and --tls-key go together"),
         },
         cors_origins: args.cors_origins.clone(),
+        audit: args
+            .audit_log
+            .clone()
+            .map(|dir| inhaus::audit::writer::AuditOptions {
+                dir,
+                max_file_bytes: args.audit_max_file as u64,
+                fail_open: args.audit_fail_open,
+            }),
     };
     Ok((cfg, http_workers))
 }
@@ -680,6 +723,18 @@ fn main() -> Result<()> {
             }
             let (cfg, _) = serve_config(&args)?;
             println!("{}", inhaus::api::system_card(&cfg, format == "markdown")?);
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { dir },
+        } => {
+            let v = inhaus::audit::verify(&dir)?;
+            for f in &v.torn_tails {
+                println!("torn tail: the last record of {f} was cut short (a crash while writing it); not tampering");
+            }
+            println!(
+                "ok: {} records in {} files, chain intact (last hash {})",
+                v.records, v.files, v.last_hash
+            );
         }
         Command::Keys {
             command:

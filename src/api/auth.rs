@@ -48,6 +48,9 @@ pub async fn require_key(
     });
     match given {
         Some(g) if ok => {
+            if let Some(a) = req.extensions().get::<super::audit_trail::AuditHandle>() {
+                a.set("key", serde_json::json!(super::audit_trail::key_name(g)));
+            }
             let key = CallerKey(g.to_string());
             req.extensions_mut().insert(key);
             next.run(req).await

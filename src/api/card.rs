@@ -26,6 +26,10 @@ pub fn configuration(cfg: &super::ServeConfig) -> Value {
         })),
         "signing_key": cfg.signing_key.is_some(),
         "tls": cfg.tls.is_some(),
+        "audit_log": cfg.audit.as_ref().map(|a| json!({
+            "dir": a.dir.display().to_string(), "max_file_bytes": a.max_file_bytes,
+            "fail_open": a.fail_open, "content": false,
+        })),
         "cors_origins": cfg.cors_origins,
         "vllm_metric_names": cfg.vllm_metrics,
     })

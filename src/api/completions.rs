@@ -2,6 +2,7 @@
 //! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
+use super::audit_trail::AuditHandle;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::constraints;
@@ -67,6 +68,7 @@ pub async fn chat_completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
     rid: Option<Extension<RequestId>>,
+    audit: Option<Extension<AuditHandle>>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -99,6 +101,7 @@ pub async fn chat_completions(
         &run.spec.sampling,
         rid.map(|r| r.0 .0),
         state.signer.clone(),
+        audit.map(|a| a.0),
     );
     let meta = Meta {
         id: new_id("chatcmpl"),
@@ -116,6 +119,7 @@ pub async fn completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
     rid: Option<Extension<RequestId>>,
+    audit: Option<Extension<AuditHandle>>,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -161,6 +165,7 @@ pub async fn completions(
         &spec.sampling,
         rid.map(|r| r.0 .0),
         state.signer.clone(),
+        audit.map(|a| a.0),
     );
     let meta = Meta {
         id: new_id("cmpl"),
@@ -355,6 +360,12 @@ async fn collect_response(
         "usage": usage(meta.prompt_tokens, completion_tokens),
     });
     body["provenance"] = meta.mark.provenance(&body);
+    let reasons: Vec<&str> = outs.iter().filter_map(|o| o.finish).collect();
+    meta.mark.complete(
+        meta.prompt_tokens,
+        completion_tokens,
+        &finish_list(&reasons),
+    );
     Json(body).into_response()
 }
 
@@ -393,6 +404,17 @@ fn stream_choices(
         *offset += l.iter().map(|e| e.token.chars().count()).sum::<usize>();
     }
     out
+}
+
+/// The finish reasons of a request's choices, each once, comma-separated.
+fn finish_list(reasons: &[&str]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for r in reasons {
+        if !seen.contains(r) {
+            seen.push(r);
+        }
+    }
+    seen.join(",")
 }
 
 /// Adds streamed pieces to what a choice has sent.
@@ -484,6 +506,8 @@ fn stream_response(
         let mut offsets = vec![0usize; total];
         // What each choice streamed (text, and calls as name and arguments): the provenance's digest.
         let mut sent: Vec<(String, Vec<(String, String)>)> = vec![Default::default(); total];
+        let mut reasons: Vec<&str> = Vec::new();
+        let mut provenance: Option<Value> = None;
         let mut streamers: Vec<Option<ToolCallStreamer>> = (0..total)
             .map(|_| Some(ToolCallStreamer::new(tool_names.clone())))
             .collect();
@@ -537,12 +561,23 @@ fn stream_response(
                         }
                     }
                     let reason = if called { "tool_calls" } else { reason };
-                    let c = choice(index, None, &[], 0, Some(reason));
-                    if !send(chunk(json!([c]), None)).await {
-                        return;
-                    }
+                    reasons.push(reason);
                     completion_tokens += n;
                     ended += 1;
+                    let c = choice(index, None, &[], 0, Some(reason));
+                    let mut finish_chunk = chunk(json!([c]), None);
+                    if ended == total {
+                        // The last choice's finish chunk carries the provenance (and so does the
+                        // usage chunk after it, when asked for): never a chunk of its own, which
+                        // clients reading `choices[0]` of every chunk would trip over.
+                        let p = mark.provenance(&marking::chat_shape(&sent));
+                        mark.complete(prompt_tokens, completion_tokens, &finish_list(&reasons));
+                        finish_chunk["provenance"] = p.clone();
+                        provenance = Some(p);
+                    }
+                    if !send(finish_chunk).await {
+                        return;
+                    }
                 }
                 Piece::Failed(e) => {
                     let _ = send(e.body()).await;
@@ -550,11 +585,12 @@ fn stream_response(
                 }
             }
         }
-        if ended == total {
-            // The final chunk carries the provenance (with the usage, when asked for).
-            let u = include_usage.then(|| usage(prompt_tokens, completion_tokens));
-            let mut last = chunk(json!([]), u);
-            last["provenance"] = mark.provenance(&marking::chat_shape(&sent));
+        if ended == total && include_usage {
+            let u = usage(prompt_tokens, completion_tokens);
+            let mut last = chunk(json!([]), Some(u));
+            if let Some(p) = provenance {
+                last["provenance"] = p;
+            }
             if !send(last).await {
                 return;
             }

@@ -57,7 +57,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address travels with each request (the audit trail records it).
+        let with_peer = app
+            .clone()
+            .layer(axum::Extension(super::audit_trail::ClientAddr(peer)));
+        let service = TowerToHyperService::new(with_peer);
         match &tls {
             None => {
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

@@ -3,6 +3,7 @@
 //! weights' sha256 and quantization, the sampling parameters, the time, the request id and the
 //! digest of the generated content, signed when the server has a signing key (see
 //! `crate::provenance`).
+use super::audit_trail::AuditHandle;
 use super::ServedModel;
 use crate::engine::sampler::SamplingParams;
 use crate::provenance::{self, ProvenanceSigner};
@@ -21,6 +22,7 @@ pub struct Mark {
     request_id: Option<String>,
     created: u64,
     signer: Option<Arc<ProvenanceSigner>>,
+    audit: Option<AuditHandle>,
 }
 
 const AI_DISCLOSURE: HeaderName = HeaderName::from_static("ai-disclosure");
@@ -31,7 +33,12 @@ impl Mark {
         sampling: &SamplingParams,
         request_id: Option<String>,
         signer: Option<Arc<ProvenanceSigner>>,
+        audit: Option<AuditHandle>,
     ) -> Self {
+        if let Some(a) = &audit {
+            a.set("model", json!(served.loaded.name));
+            a.set("weights_sha256", json!(served.loaded.weights_sha256.get()));
+        }
         Self {
             model: served.loaded.name.clone(),
             weights_sha256: served.loaded.weights_sha256.clone(),
@@ -49,6 +56,16 @@ impl Mark {
             request_id,
             created: super::generation::now(),
             signer,
+            audit,
+        }
+    }
+
+    /// Records the finished answer's token counts and finish reason in the audit trail.
+    pub fn complete(&self, prompt_tokens: usize, completion_tokens: usize, finish: &str) {
+        if let Some(a) = &self.audit {
+            a.set("prompt_tokens", json!(prompt_tokens));
+            a.set("completion_tokens", json!(completion_tokens));
+            a.set("finish_reason", json!(finish));
         }
     }
 

@@ -3,6 +3,7 @@
 //! SIGINT/SIGTERM, when it stops accepting, lets in-flight requests finish up to a grace period, and
 //! exits. Every client mistake is an OpenAI error object with the right status, never a panic or a
 //! framework's plain-text reply.
+pub mod audit_trail;
 pub mod auth;
 pub mod body;
 pub mod card;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub signer: Option<Arc<crate::provenance::ProvenanceSigner>>,
     /// The configuration part of the system card (no secrets).
     pub card_config: serde_json::Value,
+    /// The audit trail (`--audit-log`).
+    pub audit: Option<Arc<crate::audit::writer::AuditLog>>,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             responses: responses_store.map(responses::store::ResponseStore::new),
             signer: None,
             card_config: serde_json::Value::Null,
+            audit: None,
         }
     }
 
@@ -205,6 +209,8 @@ pub struct ServeConfig {
     pub tls: Option<tls::TlsFiles>,
     /// Browser origins allowed to call the API (CORS); empty: none.
     pub cors_origins: Vec<String>,
+    /// Write the audit trail here.
+    pub audit: Option<crate::audit::writer::AuditOptions>,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -357,6 +363,11 @@ fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         state.register_vllm_metrics();
     }
     state.card_config = card::configuration(cfg);
+    if let Some(opts) = &cfg.audit {
+        state.audit = Some(Arc::new(crate::audit::writer::AuditLog::open(
+            opts.clone(),
+        )?));
+    }
     Ok(state)
 }
 

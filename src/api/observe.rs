@@ -84,7 +84,44 @@ pub async fn observe_requests(
     req.extensions_mut().insert(RequestId(id.clone()));
     let start = std::time::Instant::now();
     let span = tracing::info_span!("request", id = %id);
-    let mut resp = next.run(req).instrument(span).await;
+    // An audit record for every API request (not for health checks and metrics scrapes).
+    let audited = !matches!(route.as_str(), "/health" | "/ready" | "/metrics");
+    let audit = state.audit.as_ref().filter(|_| audited).map(|log| {
+        let client = req
+            .extensions()
+            .get::<super::audit_trail::ClientAddr>()
+            .map(|c| c.0.to_string());
+        let mut fields = serde_json::Map::new();
+        fields.insert("request_id".into(), serde_json::json!(id));
+        fields.insert("client".into(), serde_json::json!(client));
+        fields.insert("endpoint".into(), serde_json::json!(route));
+        fields.insert("method".into(), serde_json::json!(method));
+        fields.insert("key".into(), serde_json::json!(null));
+        super::audit_trail::AuditHandle::new(log.clone(), fields)
+    });
+    if let Some(a) = &audit {
+        req.extensions_mut().insert(a.clone());
+    }
+    let refuse = state
+        .audit
+        .as_ref()
+        .is_some_and(|log| audited && !log.accepting());
+    let mut resp = if refuse {
+        // Fail closed: no request runs unlogged.
+        super::errors::ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            message: "The audit log cannot be written; requests are refused until it can.".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("audit_log_unavailable"),
+        }
+        .into_response()
+    } else {
+        next.run(req).instrument(span).await
+    };
+    if let Some(a) = audit {
+        a.set("status", serde_json::json!(resp.status().as_u16()));
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID.clone(), v);
     }

@@ -142,7 +142,9 @@ def test_streams_carry_the_provenance_in_their_final_event(signed, keys, tmp_pat
     for c in chunks:
         schema.validate_chat_chunk(c.model_dump(exclude_unset=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.choices for c in chunks), "no chunk without choices unless include_usage"
     last = chunks[-1].model_dump()
+    assert last["choices"][0]["finish_reason"]
     p = last["provenance"]
     check_provenance(p, suite.CHAT_MODEL)
     assert p["content_sha256"] == digest([(text, [])])

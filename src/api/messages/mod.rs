@@ -6,6 +6,7 @@
 pub mod errors;
 pub mod request;
 
+use super::audit_trail::AuditHandle;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::completions::ApiJson;
@@ -67,6 +68,7 @@ pub async fn create(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
     rid: Option<Extension<RequestId>>,
+    audit: Option<Extension<AuditHandle>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -83,6 +85,7 @@ pub async fn create(
         &run.spec.sampling,
         rid.map(|r| r.0 .0),
         state.signer.clone(),
+        audit.map(|a| a.0),
     );
     let reply = ReplyStream::new(run);
     if stream {
@@ -113,6 +116,7 @@ pub async fn create(
         "usage": usage(input_tokens, reply.completion_tokens),
     });
     message["provenance"] = mark.provenance(&message);
+    mark.complete(input_tokens, reply.completion_tokens, reason);
     let mut resp = Json(message).into_response();
     mark.disclose(&mut resp);
     Ok(resp)
@@ -237,6 +241,7 @@ fn stream_message(
                         }),
                     ));
                     let provenance = mark.provenance(&marking::chat_shape(&sent));
+                    mark.complete(input_tokens, completion_tokens, reason);
                     out.push((
                         "message_stop",
                         json!({ "type": "message_stop", "provenance": provenance }),

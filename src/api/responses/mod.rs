@@ -7,6 +7,7 @@ pub mod render;
 pub mod request;
 pub mod store;
 
+use super::audit_trail::AuditHandle;
 use super::auth::CallerKey;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
@@ -67,6 +68,7 @@ pub async fn create(
     arrival: Option<Extension<RequestArrival>>,
     key: Option<Extension<CallerKey>>,
     rid: Option<Extension<RequestId>>,
+    audit: Option<Extension<AuditHandle>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -132,6 +134,7 @@ pub async fn create(
         &run.spec.sampling,
         rid.map(|r| r.0 .0),
         state.signer.clone(),
+        audit.map(|a| a.0),
     );
     let reply = ReplyStream::new(run);
     if req.stream {
@@ -149,6 +152,11 @@ pub async fn create(
         None,
     );
     response["provenance"] = mark.provenance(&response);
+    mark.complete(
+        shell.prompt_tokens,
+        reply.completion_tokens,
+        Shell::status(&reply.finish),
+    );
     if let Some(s) = saved {
         s.save(&shell.id, &response);
     }
@@ -216,6 +224,7 @@ fn stream(shell: Shell, mut reply: ReplyStream, saved: Option<Saver>, mark: Mark
                         None,
                     );
                     response["provenance"] = mark.provenance(&response);
+                    mark.complete(shell.prompt_tokens, completion_tokens, status);
                     let kind = if status == "completed" {
                         "response.completed"
                     } else {

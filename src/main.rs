@@ -125,6 +125,14 @@ enum AuditCommand {
     /// where it breaks (an edited, removed or inserted record). A record cut short by a crash at the
     /// end of a file is reported as a torn tail, which is not tampering.
     Verify { dir: std::path::PathBuf },
+    /// Prints every record, its content decrypted where its subject's key still exists
+    /// (`"content": "erased"` where it was forgotten).
+    Read { dir: std::path::PathBuf },
+    /// Erases a subject's content everywhere (deletes its key; the records and the chain stay).
+    Forget {
+        dir: std::path::PathBuf,
+        subject: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,6 +267,10 @@ struct ServeArgs {
     /// When the audit log cannot be written, serve on unlogged (default: refuse with 503).
     #[arg(long, env = "INHAUS_AUDIT_FAIL_OPEN")]
     audit_fail_open: bool,
+    /// Keep each request's body and output in its audit record, encrypted per subject (the
+    /// `X-Inhaus-Subject` header, else the key's name); `inhaus audit forget DIR SUBJECT` erases them.
+    #[arg(long, env = "INHAUS_AUDIT_CONTENT")]
+    audit_content: bool,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -292,6 +304,7 @@ struct ServeFile {
     audit_log: Option<std::path::PathBuf>,
     audit_max_file: Option<String>,
     audit_fail_open: Option<bool>,
+    audit_content: Option<bool>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -403,6 +416,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     if let (Some(v), true) = (f.audit_fail_open, unset("audit_fail_open")) {
         args.audit_fail_open = v;
     }
+    if let (Some(v), true) = (f.audit_content, unset("audit_content")) {
+        args.audit_content = v;
+    }
     Ok(())
 }
 
@@ -489,6 +505,7 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
                 dir,
                 max_file_bytes: args.audit_max_file as u64,
                 fail_open: args.audit_fail_open,
+                content: args.audit_content,
             }),
     };
     Ok((cfg, http_workers))
@@ -735,6 +752,37 @@ fn main() -> Result<()> {
                 "ok: {} records in {} files, chain intact (last hash {})",
                 v.records, v.files, v.last_hash
             );
+        }
+        Command::Audit {
+            command: AuditCommand::Read { dir },
+        } => {
+            let keys = inhaus::audit::content::SubjectKeys::new(&dir);
+            for f in inhaus::audit::files(&dir)? {
+                for line in std::fs::read_to_string(&f)?.lines() {
+                    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    if let Some(sealed) = v.get("content").cloned() {
+                        v["content"] = keys
+                            .open(&sealed)
+                            .unwrap_or_else(|| serde_json::json!("erased"));
+                    }
+                    println!("{v}");
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Forget { dir, subject },
+        } => {
+            let keys = inhaus::audit::content::SubjectKeys::new(&dir);
+            if keys.forget(&subject)? {
+                println!("erased: the content of subject {subject:?} can no longer be read");
+            } else {
+                bail!(
+                    "no content is kept for subject {subject:?} in {}",
+                    dir.display()
+                );
+            }
         }
         Command::Keys {
             command:

@@ -217,3 +217,75 @@ fn requests_are_refused_while_the_log_cannot_be_written() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn audit_cli(args: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_inhaus"))
+        .arg("audit")
+        .arg(args[0])
+        .arg(dir)
+        .args(&args[1..])
+        .output()
+        .expect("run inhaus audit");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn content_is_kept_encrypted_per_subject_and_forgetting_a_subject_erases_it() {
+    let dir = audit_dir("content");
+    let srv = audited_server(&dir, &["--audit-content"]);
+    let ask = |subject: &str, word: &str| {
+        let body = json!({"model": ALIAS, "max_tokens": 4,
+            "messages": [{"role": "user", "content": format!("Mein Passwort ist {word}.")}]});
+        let head = format!("{}X-Inhaus-Subject: {subject}\r\n", auth());
+        let (status, _, _) = request(
+            &srv.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&body.to_string()),
+            &head,
+        );
+        assert_eq!(status, 200);
+    };
+    ask("kunde-42", "Apfelstrudel");
+    ask("kunde-43", "Kaiserschmarrn");
+    wait_records(&dir, 2);
+    let raw: String = inhaus::audit::files(&dir)
+        .expect("files")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    for secret in ["Apfelstrudel", "Kaiserschmarrn", "kunde-42", "Passwort"] {
+        assert!(
+            !raw.contains(secret),
+            "{secret} is in the audit files in the clear"
+        );
+    }
+    let (ok, read) = audit_cli(&["read"], &dir);
+    assert!(
+        ok && read.contains("Apfelstrudel") && read.contains("Kaiserschmarrn"),
+        "{read}"
+    );
+    // The output is kept too (the assistant's text of each record).
+    let outputs = read
+        .lines()
+        .filter(|l| l.contains("\"output\":[{\"text\""))
+        .count();
+    assert_eq!(outputs, 2, "{read}");
+    let (ok, out) = audit_cli(&["forget", "kunde-42"], &dir);
+    assert!(ok, "{out}");
+    let (ok, read) = audit_cli(&["read"], &dir);
+    assert!(
+        ok && !read.contains("Apfelstrudel") && read.contains("Kaiserschmarrn"),
+        "{read}"
+    );
+    assert!(read.contains("\"content\":\"erased\""), "{read}");
+    // The chain is intact: the records and their ciphertext are unchanged.
+    let (ok, out) = verify_cli(&dir);
+    assert!(ok && out.contains("2 records"), "{out}");
+    let (ok, _) = audit_cli(&["forget", "kunde-42"], &dir);
+    assert!(!ok, "forgetting twice says there is nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}

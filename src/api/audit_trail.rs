@@ -2,7 +2,9 @@
 //! (request id, client address, endpoint, method), the key check adds the key's name, the handlers
 //! add the model and, when the answer is complete, the token counts and finish reason; the record is
 //! written when the last holder lets go of the draft (after the response, or at the end of a stream).
-//! No prompt or output text is ever recorded.
+//! No prompt or output text is recorded unless `--audit-content` asks for it; then the request body
+//! and the output go to the writer, which seals them for their subject (`X-Inhaus-Subject`, else
+//! the key's name) before anything reaches the disk.
 use crate::audit::writer::AuditLog;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -24,6 +26,14 @@ impl Drop for Draft {
     fn drop(&mut self) {
         let mut fields =
             std::mem::take(&mut *self.fields.lock().unwrap_or_else(|e| e.into_inner()));
+        let request = fields.remove("request");
+        let output = fields.remove("output");
+        if self.log.keeps_content() {
+            fields.insert(
+                "content_plain".into(),
+                json!({ "request": request, "output": output }),
+            );
+        }
         fields.insert(
             "latency_ms".into(),
             json!((self.start.elapsed().as_secs_f64() * 1e4).round() / 10.0),
@@ -43,6 +53,11 @@ impl AuditHandle {
             fields: Mutex::new(fields),
             start: Instant::now(),
         }))
+    }
+
+    /// Whether the request's body and output are kept (encrypted) with its record.
+    pub fn keeps_content(&self) -> bool {
+        self.0.log.keeps_content()
     }
 
     pub fn set(&self, key: &str, value: Value) {

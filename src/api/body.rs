@@ -53,6 +53,15 @@ pub async fn read_within_timeout(
                 .into_response()
         }
     };
+    if let Some(a) = parts
+        .extensions
+        .get::<super::audit_trail::AuditHandle>()
+        .filter(|a| a.keeps_content())
+    {
+        let body = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .unwrap_or_else(|_| serde_json::json!(String::from_utf8_lossy(&bytes)));
+        a.set("request", body);
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }

@@ -28,7 +28,7 @@ pub fn configuration(cfg: &super::ServeConfig) -> Value {
         "tls": cfg.tls.is_some(),
         "audit_log": cfg.audit.as_ref().map(|a| json!({
             "dir": a.dir.display().to_string(), "max_file_bytes": a.max_file_bytes,
-            "fail_open": a.fail_open, "content": false,
+            "fail_open": a.fail_open, "content": a.content,
         })),
         "cors_origins": cfg.cors_origins,
         "vllm_metric_names": cfg.vllm_metrics,
@@ -107,6 +107,11 @@ pub fn card(state: &AppState, models: &Models) -> Value {
                 "Responses API responses and their input, in this process's memory only, bounded by size and age, visible only to the creating API key"
             } else {
                 "none"
+            },
+            "audit_trail": match &state.audit {
+                Some(a) if a.keeps_content() => "one hash-chained record per request, with the request and output encrypted per subject (erasable)",
+                Some(_) => "one hash-chained record per request, without prompt or output text",
+                None => "off",
             },
             "signing_key_id": state.signer.as_ref().map(|s| s.key_id.clone()),
             "signing_public_key": state.signer.as_ref().map(|s| s.public_base64()),

@@ -73,6 +73,13 @@ impl Mark {
     /// the generation APIs, or one built in that shape from a stream).
     pub fn provenance(&self, body: &Value) -> Value {
         let content = provenance::response_content(body).unwrap_or_default();
+        if let Some(a) = self.audit.as_ref().filter(|a| a.keeps_content()) {
+            let output: Vec<Value> = content
+                .iter()
+                .map(|c| json!({ "text": c.text, "tool_calls": c.tool_calls }))
+                .collect();
+            a.set("output", json!(output));
+        }
         let mut p = json!({
             "generator": concat!("inhaus/", env!("CARGO_PKG_VERSION")),
             "ai_generated": true,

@@ -97,6 +97,14 @@ pub async fn observe_requests(
         fields.insert("endpoint".into(), serde_json::json!(route));
         fields.insert("method".into(), serde_json::json!(method));
         fields.insert("key".into(), serde_json::json!(null));
+        // Whose content this is (for `--audit-content`): taken by the writer, never written.
+        if let Some(subject) = req
+            .headers()
+            .get("x-inhaus-subject")
+            .and_then(|v| v.to_str().ok())
+        {
+            fields.insert("subject".into(), serde_json::json!(subject));
+        }
         super::audit_trail::AuditHandle::new(log.clone(), fields)
     });
     if let Some(a) = &audit {

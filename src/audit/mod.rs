@@ -1,10 +1,12 @@
 //! The AI Act audit trail (`--audit-log DIR`, Art. 12/26): one append-only JSON Lines record per
 //! request (time, request id, key name, client address, model and its weights' sha256, endpoint,
-//! token counts, finish reason, latency, status), never the prompt or the output. Records are
+//! token counts, finish reason, latency, status), and no prompt or output unless asked for. Records are
 //! hash-chained: each carries the hash of the one before (`prev`) and its own (`hash`, the sha256 of
 //! `prev` and the record's canonical JSON without `hash`), across files, so that an edited, removed
 //! or inserted record breaks the chain where it is. `inhaus audit verify DIR` checks it; a record
-//! torn by a crash (`kill -9`) is reported as a torn tail, not as tampering.
+//! torn by a crash (`kill -9`) is reported as a torn tail, not as tampering. With `--audit-content`,
+//! requests and outputs are kept too, encrypted per subject (`content`), and erasable.
+pub mod content;
 pub mod writer;
 
 use crate::provenance::canonical_json;

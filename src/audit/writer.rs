@@ -23,6 +23,8 @@ pub struct AuditOptions {
     pub max_file_bytes: u64,
     /// Serve on (unlogged) when the log cannot be written, instead of refusing with 503.
     pub fail_open: bool,
+    /// Keep each request's body and output, encrypted per subject (`content`).
+    pub content: bool,
 }
 
 /// Year, month and day of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
@@ -89,6 +91,7 @@ fn resume(dir: &Path) -> std::io::Result<(Tail, Option<PathBuf>)> {
 
 struct Writer {
     opts: AuditOptions,
+    keys: super::content::SubjectKeys,
     tail: Tail,
     file: Option<(File, PathBuf, String, u64)>, // file, path, day, bytes written
 }
@@ -122,6 +125,20 @@ impl Writer {
     }
 
     fn write(&mut self, mut record: Value) -> std::io::Result<()> {
+        // Content is sealed for its subject here, off the request path; it is never written plain.
+        if let Some(o) = record.as_object_mut() {
+            let plain = o.remove("content_plain");
+            let subject = o.remove("subject");
+            if let Some(plain) = plain.filter(|_| self.opts.content) {
+                let subject = subject
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .or_else(|| o.get("key").and_then(Value::as_str))
+                    .unwrap_or("anonymous")
+                    .to_string();
+                o.insert("content".into(), self.keys.seal(&subject, &plain)?);
+            }
+        }
         let (time, day) = utc(SystemTime::now());
         record["seq"] = json!(self.tail.seq + 1);
         record["time"] = json!(time);
@@ -148,6 +165,7 @@ pub struct AuditLog {
     tx: SyncSender<Value>,
     healthy: Arc<AtomicBool>,
     fail_open: bool,
+    content: bool,
 }
 
 impl AuditLog {
@@ -177,6 +195,7 @@ impl AuditLog {
         let (tx, rx) = sync_channel::<Value>(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
+            keys: super::content::SubjectKeys::new(&opts.dir),
             opts: opts.clone(),
             tail,
             file,
@@ -189,6 +208,7 @@ impl AuditLog {
             tx,
             healthy,
             fail_open: opts.fail_open,
+            content: opts.content,
         })
     }
 
@@ -205,6 +225,11 @@ impl AuditLog {
                 self.healthy.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Whether records keep requests and outputs (encrypted).
+    pub fn keeps_content(&self) -> bool {
+        self.content
     }
 
     /// Whether requests may be served (the log works, or the server fails open).
@@ -242,10 +267,12 @@ mod tests {
     }
 
     fn write_n(d: &Path, n: usize, max: u64) {
+        let before = verify(d).map(|v| v.records).unwrap_or(0);
         let log = AuditLog::open(AuditOptions {
             dir: d.to_path_buf(),
             max_file_bytes: max,
             fail_open: false,
+            content: false,
         })
         .expect("open");
         for i in 0..n {
@@ -253,8 +280,9 @@ mod tests {
         }
         drop(log);
         // The writer drains the channel and ends when the sender is gone.
+        let want = before + n as u64;
         let t0 = std::time::Instant::now();
-        while verify(d).map(|v| v.records).unwrap_or(0) < n as u64 && t0.elapsed().as_secs() < 10 {
+        while verify(d).map(|v| v.records).unwrap_or(0) < want && t0.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }

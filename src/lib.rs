@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod fetch;
 pub mod grammar;
+pub mod keys;
 pub mod loader;
 pub mod provenance;
 pub mod tokenizer;

@@ -100,8 +100,53 @@ enum Command {
     },
 }
 
+/// A key's rights and limits on the command line.
+#[derive(clap::Args)]
+struct KeyLimitArgs {
+    /// The models the key may use (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Requests per minute at most.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Requests running at once at most.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Makes a named key in the store (created if missing) and prints it, once: only its sha256
+    /// is kept.
+    Create {
+        #[arg(long)]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        limits: KeyLimitArgs,
+    },
+    /// Lists the keys (names, rights, limits; never a key).
+    List {
+        #[arg(long)]
+        store: std::path::PathBuf,
+    },
+    /// Revokes a key: a running server refuses it within a second or two.
+    Revoke {
+        #[arg(long)]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Changes a key's rights or limits (only those given).
+    Update {
+        #[arg(long)]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        limits: KeyLimitArgs,
+    },
     /// The Ed25519 key that signs the provenance of generated output (`serve --signing-key`).
     SigningKey {
         #[command(subcommand)]
@@ -271,6 +316,10 @@ struct ServeArgs {
     /// `X-Inhaus-Subject` header, else the key's name); `inhaus audit forget DIR SUBJECT` erases them.
     #[arg(long, env = "INHAUS_AUDIT_CONTENT")]
     audit_content: bool,
+    /// Named API keys with rights and limits (`inhaus keys create --store FILE ...`); read again
+    /// when the file changes. Works beside `--api-key`.
+    #[arg(long, env = "INHAUS_KEY_STORE")]
+    key_store: Option<std::path::PathBuf>,
 }
 
 /// The serve settings a TOML file may hold (`inhaus serve --config inhaus.toml`).
@@ -305,6 +354,7 @@ struct ServeFile {
     audit_max_file: Option<String>,
     audit_fail_open: Option<bool>,
     audit_content: Option<bool>,
+    key_store: Option<std::path::PathBuf>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from the config file.
@@ -419,6 +469,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     if let (Some(v), true) = (f.audit_content, unset("audit_content")) {
         args.audit_content = v;
     }
+    if let (Some(v), true) = (f.key_store, unset("key_store")) {
+        args.key_store = Some(v);
+    }
     Ok(())
 }
 
@@ -507,6 +560,7 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
                 fail_open: args.audit_fail_open,
                 content: args.audit_content,
             }),
+        key_store: args.key_store.clone(),
     };
     Ok((cfg, http_workers))
 }
@@ -783,6 +837,75 @@ fn main() -> Result<()> {
                     dir.display()
                 );
             }
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    store,
+                    name,
+                    limits,
+                },
+        } => {
+            let mut ks = inhaus::keys::KeyStore::load(&store)?;
+            let secret = ks.create(
+                &name,
+                inhaus::keys::KeyLimits {
+                    models: limits.models,
+                    rpm: limits.rpm,
+                    max_concurrent: limits.max_concurrent,
+                },
+            )?;
+            ks.save(&store)?;
+            println!("{secret}");
+            eprintln!(
+                "inhaus: key `{name}` added to {}; it is shown only now",
+                store.display()
+            );
+        }
+        Command::Keys {
+            command: KeysCommand::List { store },
+        } => {
+            let ks = inhaus::keys::KeyStore::load(&store)?;
+            for k in &ks.keys {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": k.name, "revoked": k.revoked, "created": k.created,
+                        "models": k.limits.models, "rpm": k.limits.rpm,
+                        "max_concurrent": k.limits.max_concurrent,
+                    })
+                );
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { store, name },
+        } => {
+            let mut ks = inhaus::keys::KeyStore::load(&store)?;
+            ks.entry_mut(&name)?.revoked = true;
+            ks.save(&store)?;
+            eprintln!("inhaus: key `{name}` revoked");
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Update {
+                    store,
+                    name,
+                    limits,
+                },
+        } => {
+            let mut ks = inhaus::keys::KeyStore::load(&store)?;
+            let e = ks.entry_mut(&name)?;
+            if limits.models.is_some() {
+                e.limits.models = limits.models;
+            }
+            if limits.rpm.is_some() {
+                e.limits.rpm = limits.rpm;
+            }
+            if limits.max_concurrent.is_some() {
+                e.limits.max_concurrent = limits.max_concurrent;
+            }
+            ks.save(&store)?;
+            eprintln!("inhaus: key `{name}` updated");
         }
         Command::Keys {
             command:

@@ -26,7 +26,7 @@ pub async fn require_key(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if state.api_keys.is_empty() {
+    if state.api_keys.is_empty() && state.keys.is_none() {
         return next.run(req).await;
     }
     let bearer = req
@@ -39,22 +39,42 @@ pub async fn require_key(
         });
     let given = bearer
         .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        state
-            .api_keys
-            .iter()
-            .fold(false, |found, k| found | same(k.as_bytes(), g.as_bytes()))
-    });
-    match given {
-        Some(g) if ok => {
-            if let Some(a) = req.extensions().get::<super::audit_trail::AuditHandle>() {
-                a.set("key", serde_json::json!(super::audit_trail::key_name(g)));
-            }
-            let key = CallerKey(g.to_string());
-            req.extensions_mut().insert(key);
-            next.run(req).await
+        .map(str::trim)
+        .map(str::to_string);
+    let Some(g) = given else {
+        return ApiError::unauthorized().into_response();
+    };
+    let plain = state
+        .api_keys
+        .iter()
+        .fold(false, |found, k| found | same(k.as_bytes(), g.as_bytes()));
+    // A key of the store: its name in the audit trail, its limits before the request runs.
+    let stored = if plain {
+        None
+    } else {
+        match state.keys.as_ref().and_then(|k| k.identify(&g)) {
+            Some(entry) => Some(entry),
+            None => return ApiError::unauthorized().into_response(),
         }
-        _ => ApiError::unauthorized().into_response(),
+    };
+    let audit_name = match &stored {
+        Some(e) => e.name.clone(),
+        None => super::audit_trail::key_name(&g),
+    };
+    if let Some(a) = req.extensions().get::<super::audit_trail::AuditHandle>() {
+        a.set("key", serde_json::json!(audit_name));
     }
+    req.extensions_mut().insert(CallerKey(g));
+    let Some(entry) = stored else {
+        return next.run(req).await;
+    };
+    let guard = match state.keys.as_ref().map(|k| k.admit(&entry)) {
+        Some(Ok(g)) => g,
+        Some(Err(over)) => return over.into_response(),
+        None => return ApiError::unauthorized().into_response(),
+    };
+    req.extensions_mut()
+        .insert(super::key_limits::KeyIdentity(entry));
+    let resp = next.run(req).await;
+    super::key_limits::hold(resp, guard)
 }

@@ -53,6 +53,22 @@ pub async fn read_within_timeout(
                 .into_response()
         }
     };
+    // A key of the store may be limited to some models.
+    if let Some(k) = parts.extensions.get::<super::key_limits::KeyIdentity>() {
+        let model = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string));
+        if let Some(m) = model.filter(|m| !k.may_use(m)) {
+            return ApiError {
+                status: axum::http::StatusCode::FORBIDDEN,
+                message: format!("The key `{}` may not use the model `{m}`.", k.0.name),
+                kind: "invalid_request_error",
+                param: Some("model"),
+                code: Some("model_not_allowed"),
+            }
+            .into_response();
+        }
+    }
     if let Some(a) = parts
         .extensions
         .get::<super::audit_trail::AuditHandle>()

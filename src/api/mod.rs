@@ -13,6 +13,7 @@ pub mod constraints;
 pub mod embeddings;
 pub mod errors;
 pub mod generation;
+pub mod key_limits;
 pub mod listen;
 pub mod marking;
 pub mod messages;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub card_config: serde_json::Value,
     /// The audit trail (`--audit-log`).
     pub audit: Option<Arc<crate::audit::writer::AuditLog>>,
+    /// Named keys with rights and limits (`--key-store`).
+    pub keys: Option<key_limits::ServedKeys>,
 }
 
 impl AppState {
@@ -123,6 +126,7 @@ impl AppState {
             signer: None,
             card_config: serde_json::Value::Null,
             audit: None,
+            keys: None,
         }
     }
 
@@ -211,6 +215,8 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// Write the audit trail here.
     pub audit: Option<crate::audit::writer::AuditOptions>,
+    /// The key store (`inhaus keys create --store FILE`).
+    pub key_store: Option<std::path::PathBuf>,
 }
 
 /// Memory available to new allocations, from /proc/meminfo (Linux); `None` elsewhere.
@@ -363,6 +369,9 @@ fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         state.register_vllm_metrics();
     }
     state.card_config = card::configuration(cfg);
+    if let Some(path) = &cfg.key_store {
+        state.keys = Some(key_limits::ServedKeys::open(path.clone())?);
+    }
     if let Some(opts) = &cfg.audit {
         state.audit = Some(Arc::new(crate::audit::writer::AuditLog::open(
             opts.clone(),

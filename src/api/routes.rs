@@ -141,12 +141,17 @@ fn model_object(id: &str, created: u64) -> Value {
     json!({ "id": id, "object": "model", "created": created, "owned_by": "inhaus" })
 }
 
-async fn list_models(State(state): State<Shared>) -> Result<Response, ApiError> {
+async fn list_models(
+    State(state): State<Shared>,
+    key: Option<axum::Extension<super::key_limits::KeyIdentity>>,
+) -> Result<Response, ApiError> {
     let models = state.models()?;
+    let allowed = |id: &&String| key.as_ref().is_none_or(|k| k.0.may_use(id));
     let data: Vec<Value> = models
         .generative
         .keys()
         .chain(models.embedders.keys())
+        .filter(allowed)
         .map(|id| model_object(id, models.loaded_at))
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
@@ -154,10 +159,12 @@ async fn list_models(State(state): State<Shared>) -> Result<Response, ApiError> 
 
 async fn get_model(
     State(state): State<Shared>,
+    key: Option<axum::Extension<super::key_limits::KeyIdentity>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let models = state.models()?;
-    if models.generative.contains_key(&id) || models.embedders.contains_key(&id) {
+    let allowed = key.as_ref().is_none_or(|k| k.0.may_use(&id));
+    if allowed && (models.generative.contains_key(&id) || models.embedders.contains_key(&id)) {
         Ok(Json(model_object(&id, models.loaded_at)).into_response())
     } else {
         Err(ApiError::model_not_found(&id))

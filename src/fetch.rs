@@ -14,6 +14,7 @@
 //! whitespace, e.g. `--index-url URL` for a mirror or `--no-index --find-links DIR` offline). pip's own
 //! `PIP_*` variables work as well.
 use crate::catalog::{self, CatalogEntry, Part};
+use crate::digest::hex;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
@@ -276,10 +277,6 @@ fn spinner(msg: String) -> ProgressBar {
     pb.set_message(msg);
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sha256_file(path: &Path, msg: &str) -> Result<String, FetchError> {

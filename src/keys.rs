@@ -2,8 +2,8 @@
 //! limits, kept as their sha256 only (a key is shown once, when it is made, and never again). A key
 //! may be limited to some models, to requests per minute and to requests running at once. The file
 //! is JSON, written atomically; a running server reads it again when it changes.
+use crate::digest::{hex, sha256_hex};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use thiserror::Error;
 
@@ -66,13 +66,11 @@ pub struct KeyStore {
 }
 
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.trim().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex(key.trim().as_bytes())
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Whether two byte strings are equal, in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -126,11 +124,7 @@ impl KeyStore {
         if self.keys.iter().any(|k| k.name == name) {
             return Err(KeyStoreError::Exists(name.into()));
         }
-        let secret: String = rand::random::<[u8; 24]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let secret = format!("inh-{secret}");
+        let secret = format!("inh-{}", hex(&rand::random::<[u8; 24]>()));
         self.keys.push(KeyEntry {
             name: name.to_string(),
             sha256: key_hash(&secret),
@@ -157,7 +151,7 @@ impl KeyStore {
         self.keys
             .iter()
             .filter(|k| !k.revoked)
-            .find(|k| same(k.sha256.as_bytes(), h.as_bytes()))
+            .find(|k| constant_time_eq(k.sha256.as_bytes(), h.as_bytes()))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bench;
 pub mod catalog;
 pub mod chat_template;
+pub mod digest;
 pub mod embeddings;
 pub mod engine;
 pub mod fetch;

@@ -73,8 +73,7 @@ fn weights_sha256(resolved: &ResolvedModel) -> Arc<OnceLock<String>> {
             Ok(mut f) => {
                 let mut h = Sha256::new();
                 if std::io::copy(&mut f, &mut h).is_ok() {
-                    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                    let _ = out.set(hex);
+                    let _ = out.set(crate::digest::hex(&h.finalize()));
                 }
             }
             Err(e) => tracing::warn!(path = %path.display(), "hashing the weights: {e}"),

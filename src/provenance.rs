@@ -9,10 +9,10 @@
 //! covers the generated content of every choice in order, as canonical JSON
 //! `[{"text": ..., "tool_calls": [{"name": ..., "arguments": ...}]}, ...]`, so the same answer has
 //! the same digest in every wire shape (chat completions, completions, responses, messages).
+use crate::digest::sha256_hex;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use thiserror::Error;
 
@@ -89,13 +89,7 @@ pub fn content_sha256(choices: &[ChoiceContent]) -> String {
             json!({ "text": c.text, "tool_calls": calls })
         })
         .collect();
-    hex(&Sha256::digest(
-        canonical_json(&Value::Array(list)).as_bytes(),
-    ))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(canonical_json(&Value::Array(list)).as_bytes())
 }
 
 fn signed_bytes(provenance: &Value) -> Vec<u8> {
@@ -118,7 +112,7 @@ pub struct ProvenanceSigner {
 impl ProvenanceSigner {
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let key = SigningKey::from_bytes(&seed);
-        let key_id = hex(&Sha256::digest(key.verifying_key().as_bytes()))[..16].to_string();
+        let key_id = sha256_hex(key.verifying_key().as_bytes())[..16].to_string();
         Self { key, key_id }
     }
 

@@ -17,18 +17,9 @@ fn audit_dir(tag: &str) -> PathBuf {
 }
 
 fn audited_server(dir: &Path, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--api-key",
-        KEY,
-        "--audit-log",
-        dir.to_str().expect("path"),
-    ];
+    let mut args = vec!["--api-key", KEY, "--audit-log", dir.to_str().expect("path")];
     args.extend_from_slice(extra);
-    server_with(&args)
+    smollm_server(&args)
 }
 
 fn auth() -> String {
@@ -58,16 +49,22 @@ fn wait_records(dir: &Path, n: usize) -> Vec<Value> {
     }
 }
 
-fn verify_cli(dir: &Path) -> (bool, String) {
+fn audit_cli(args: &[&str], dir: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_inhaus"))
-        .args(["audit", "verify"])
+        .arg("audit")
+        .arg(args[0])
         .arg(dir)
+        .args(&args[1..])
         .output()
-        .expect("run inhaus audit verify");
+        .expect("run inhaus audit");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+fn verify_cli(dir: &Path) -> (bool, String) {
+    audit_cli(&["verify"], dir)
 }
 
 #[test]
@@ -216,20 +213,6 @@ fn requests_are_refused_while_the_log_cannot_be_written() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn audit_cli(args: &[&str], dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_inhaus"))
-        .arg("audit")
-        .arg(args[0])
-        .arg(dir)
-        .args(&args[1..])
-        .output()
-        .expect("run inhaus audit");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 #[test]

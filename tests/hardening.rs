@@ -7,12 +7,6 @@ mod common;
 use common::ensure_model;
 use common::server::*;
 
-/// A SmolLM2 server with a small KV cache and these extra flags.
-fn smollm_server(extra: &[&str]) -> Server {
-    let mut args = vec!["--model", ALIAS, "--kv-cache-memory", "64MiB"];
-    args.extend_from_slice(extra);
-    server_with(&args)
-}
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;

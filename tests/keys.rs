@@ -5,8 +5,6 @@
 mod common;
 use common::server::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -81,14 +79,7 @@ fn keys_are_shown_once_stored_hashed_and_held_to_their_rights_and_limits() {
         "{list}"
     );
 
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--key-store",
-        store.to_str().expect("path"),
-    ]);
+    let srv = smollm_server(&["--key-store", store.to_str().expect("path")]);
     assert_eq!(
         call(&srv, &open, "/v1/chat/completions", Some(chat())).0,
         200
@@ -128,43 +119,13 @@ fn keys_are_shown_once_stored_hashed_and_held_to_their_rights_and_limits() {
     let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
 }
 
-/// A streaming completion with `key`, returned once its first chunk arrived.
-fn open_stream(srv: &Server, key: &str) -> BufReader<TcpStream> {
-    let body = json!({"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "stream": true}).to_string();
-    let mut s = TcpStream::connect(&srv.addr).expect("connect");
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).expect("status");
-    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-    loop {
-        line.clear();
-        assert!(r.read_line(&mut line).expect("read") > 0, "ended early");
-        if line.contains("data: {") {
-            return r;
-        }
-    }
-}
-
 #[test]
 fn a_key_runs_at_most_its_requests_at_once_streams_included() {
     let store = store_path("concurrent");
     let one = create(&store, "einzeln", &["--max-concurrent", "1"]);
     let other = create(&store, "andere", &[]);
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--key-store",
-        store.to_str().expect("path"),
-    ]);
-    let stream = open_stream(&srv, &one);
+    let srv = smollm_server(&["--key-store", store.to_str().expect("path")]);
+    let stream = start_stream_as(&srv, 400, &format!("Authorization: Bearer {one}\r\n"));
     let (status, head, body) = call(&srv, &one, "/v1/models", None);
     assert_eq!(
         status, 429,

@@ -13,7 +13,7 @@ fn metrics(srv: &Server) -> String {
 
 #[test]
 fn the_engine_gauges_are_also_exported_under_vllms_names() {
-    let srv = server_with(&["--model", ALIAS, "--kv-cache-memory", "64MiB"]);
+    let srv = server();
     let (status, _) = post(
         &srv,
         "/v1/completions",
@@ -50,14 +50,7 @@ fn the_engine_gauges_are_also_exported_under_vllms_names() {
 
 #[test]
 fn metrics_compat_none_exports_only_inhaus_names() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--metrics-compat",
-        "none",
-    ]);
+    let srv = smollm_server(&["--metrics-compat", "none"]);
     let body = metrics(&srv);
     assert!(body.contains("inhaus:num_requests_running"));
     assert!(
@@ -68,14 +61,7 @@ fn metrics_compat_none_exports_only_inhaus_names() {
 
 #[test]
 fn served_model_name_is_the_name_clients_use() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--served-model-name",
-        "firmen-assistent",
-    ]);
+    let srv = smollm_server(&["--served-model-name", "firmen-assistent"]);
     let (status, _, body) = http(&srv, "GET", "/v1/models", None);
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -117,14 +103,7 @@ fn get_with_key(srv: &Server, path: &str, key: &str) -> (u16, String) {
 #[test]
 fn the_system_card_names_the_models_and_the_configuration_without_secrets() {
     let secret = "sk-card-secret-4711";
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
-        "--api-key",
-        secret,
-    ]);
+    let srv = smollm_server(&["--api-key", secret]);
     let (status, body) = get_with_key(&srv, "/v1/system/card", secret);
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains(secret), "the card shows an API key");

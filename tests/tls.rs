@@ -77,11 +77,7 @@ fn https_with_a_self_signed_certificate_and_a_renewal_without_restart() {
     }
     let dir = tls_dir("serve");
     let (cert, key) = self_signed(&dir, "first", "inhaus-first");
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
+    let srv = smollm_server(&[
         "--tls-cert",
         cert.to_str().expect("path"),
         "--tls-key",
@@ -161,11 +157,7 @@ fn preflight(srv: &Server, origin: &str) -> String {
 
 #[test]
 fn cors_answers_only_the_allowed_origins() {
-    let srv = server_with(&[
-        "--model",
-        ALIAS,
-        "--kv-cache-memory",
-        "64MiB",
+    let srv = smollm_server(&[
         "--api-key",
         "sk-cors",
         "--cors-origin",

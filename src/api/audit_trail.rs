@@ -7,7 +7,6 @@
 //! the key's name) before anything reaches the disk.
 use crate::audit::writer::AuditLog;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -71,7 +70,5 @@ impl AuditHandle {
 
 /// The name an API key appears under in the audit log: never the key itself.
 pub fn key_name(key: &str) -> String {
-    let h = Sha256::digest(key.as_bytes());
-    let hex: String = h.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("key-{hex}")
+    format!("key-{}", &crate::keys::key_hash(key)[..8])
 }

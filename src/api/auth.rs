@@ -4,18 +4,12 @@
 //! for a key is visible to that key only).
 use super::errors::ApiError;
 use super::AppState;
+use crate::keys::constant_time_eq;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// The API key a request was authorized with.
 #[derive(Clone, Debug)]
@@ -44,10 +38,9 @@ pub async fn require_key(
     let Some(g) = given else {
         return ApiError::unauthorized().into_response();
     };
-    let plain = state
-        .api_keys
-        .iter()
-        .fold(false, |found, k| found | same(k.as_bytes(), g.as_bytes()));
+    let plain = state.api_keys.iter().fold(false, |found, k| {
+        found | constant_time_eq(k.as_bytes(), g.as_bytes())
+    });
     // A key of the store: its name in the audit trail, its limits before the request runs.
     let stored = if plain {
         None

@@ -53,30 +53,40 @@ pub async fn read_within_timeout(
                 .into_response()
         }
     };
-    // A key of the store may be limited to some models.
-    if let Some(k) = parts.extensions.get::<super::key_limits::KeyIdentity>() {
-        let model = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string));
-        if let Some(m) = model.filter(|m| !k.may_use(m)) {
-            return ApiError {
-                status: axum::http::StatusCode::FORBIDDEN,
-                message: format!("The key `{}` may not use the model `{m}`.", k.0.name),
-                kind: "invalid_request_error",
-                param: Some("model"),
-                code: Some("model_not_allowed"),
-            }
-            .into_response();
-        }
-    }
-    if let Some(a) = parts
+    // The body as JSON, once, for what needs it here: a store key limited to some models, and an
+    // audit record that keeps the request.
+    let restricted = parts
+        .extensions
+        .get::<super::key_limits::KeyIdentity>()
+        .filter(|k| k.0.limits.models.is_some())
+        .cloned();
+    let audit = parts
         .extensions
         .get::<super::audit_trail::AuditHandle>()
         .filter(|a| a.keeps_content())
-    {
-        let body = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .unwrap_or_else(|_| serde_json::json!(String::from_utf8_lossy(&bytes)));
-        a.set("request", body);
+        .cloned();
+    if restricted.is_some() || audit.is_some() {
+        let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        if let Some(k) = &restricted {
+            let model = parsed
+                .as_ref()
+                .and_then(|v| v.get("model"))
+                .and_then(|m| m.as_str());
+            if let Some(m) = model.filter(|m| !k.may_use(m)) {
+                return ApiError {
+                    status: axum::http::StatusCode::FORBIDDEN,
+                    message: format!("The key `{}` may not use the model `{m}`.", k.0.name),
+                    kind: "invalid_request_error",
+                    param: Some("model"),
+                    code: Some("model_not_allowed"),
+                }
+                .into_response();
+            }
+        }
+        if let Some(a) = audit {
+            let body = parsed.unwrap_or_else(|| serde_json::json!(String::from_utf8_lossy(&bytes)));
+            a.set("request", body);
+        }
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

@@ -2,20 +2,19 @@
 //! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
-use super::audit_trail::AuditHandle;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::constraints;
 use super::errors::ApiError;
 use super::generation::{self, new_id, now, CancelGuard, Generation};
-use super::marking::{self, Mark};
-use super::observe::RequestId;
+use super::marking::{self, Mark, RequestMarks};
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::prepare;
 use super::pump::{Piece, TokenLogprob};
 use super::tools::{StreamPiece, ToolCall, ToolCallSplitter, ToolCallStreamer};
 use super::AppState;
 use crate::engine::constraint::ConstraintMode;
+use crate::provenance::ChoiceContent;
 use axum::extract::{Extension, FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -67,8 +66,7 @@ impl Kind {
 pub async fn chat_completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
-    rid: Option<Extension<RequestId>>,
-    audit: Option<Extension<AuditHandle>>,
+    marks: RequestMarks,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -96,13 +94,7 @@ pub async fn chat_completions(
     } else {
         Kind::Chat
     };
-    let mark = Mark::new(
-        state.generative(&run.model)?,
-        &run.spec.sampling,
-        rid.map(|r| r.0 .0),
-        state.signer.clone(),
-        audit.map(|a| a.0),
-    );
+    let mark = Mark::new(&state, &run.model, &run.spec.sampling, marks)?;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: now(),
@@ -118,8 +110,7 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
-    rid: Option<Extension<RequestId>>,
-    audit: Option<Extension<AuditHandle>>,
+    marks: RequestMarks,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -160,13 +151,7 @@ pub async fn completions(
     .await?;
     spec.constraint = constraint;
     let generation = generation::start(&state, &model, &spec, prompts, arrived).await?;
-    let mark = Mark::new(
-        state.generative(&model)?,
-        &spec.sampling,
-        rid.map(|r| r.0 .0),
-        state.signer.clone(),
-        audit.map(|a| a.0),
-    );
+    let mark = Mark::new(&state, &model, &spec.sampling, marks)?;
     let meta = Meta {
         id: new_id("cmpl"),
         created: now(),
@@ -417,21 +402,6 @@ fn finish_list(reasons: &[&str]) -> String {
     seen.join(",")
 }
 
-/// Adds streamed pieces to what a choice has sent.
-fn record(sent: &mut (String, Vec<(String, String)>), pieces: &[StreamPiece]) {
-    for p in pieces {
-        match p {
-            StreamPiece::Content(t) => sent.0.push_str(t),
-            StreamPiece::CallStart { name, .. } => sent.1.push((name.clone(), String::new())),
-            StreamPiece::CallArgs { index, text } => {
-                if let Some(call) = sent.1.get_mut(*index) {
-                    call.1.push_str(text);
-                }
-            }
-        }
-    }
-}
-
 fn stream_response(
     meta: Meta,
     total: usize,
@@ -505,7 +475,7 @@ fn stream_response(
         }
         let mut offsets = vec![0usize; total];
         // What each choice streamed (text, and calls as name and arguments): the provenance's digest.
-        let mut sent: Vec<(String, Vec<(String, String)>)> = vec![Default::default(); total];
+        let mut sent: Vec<ChoiceContent> = vec![ChoiceContent::default(); total];
         let mut reasons: Vec<&str> = Vec::new();
         let mut provenance: Option<Value> = None;
         let mut streamers: Vec<Option<ToolCallStreamer>> = (0..total)
@@ -530,7 +500,7 @@ fn stream_response(
                         Some(st) if with_tools => st.push(&text),
                         _ => vec![StreamPiece::Content(text)],
                     };
-                    record(&mut sent[index], &pieces);
+                    marking::record(&mut sent[index], &pieces);
                     for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
                         if !send(chunk(json!([c]), None)).await {
                             return;
@@ -554,7 +524,7 @@ fn stream_response(
                         }
                         _ => (vec![StreamPiece::Content(text)], false),
                     };
-                    record(&mut sent[index], &pieces);
+                    marking::record(&mut sent[index], &pieces);
                     for c in stream_choices(&choice, index, pieces, logprobs, &mut offsets[index]) {
                         if !send(chunk(json!([c]), None)).await {
                             return;
@@ -570,7 +540,7 @@ fn stream_response(
                         // The last choice's finish chunk carries the provenance (and so does the
                         // usage chunk after it, when asked for): never a chunk of its own, which
                         // clients reading `choices[0]` of every chunk would trip over.
-                        let p = mark.provenance(&marking::chat_shape(&sent));
+                        let p = mark.provenance_of(&sent);
                         mark.complete(prompt_tokens, completion_tokens, &finish_list(&reasons));
                         finish_chunk["provenance"] = p.clone();
                         provenance = Some(p);

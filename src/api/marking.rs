@@ -4,9 +4,14 @@
 //! digest of the generated content, signed when the server has a signing key (see
 //! `crate::provenance`).
 use super::audit_trail::AuditHandle;
-use super::ServedModel;
+use super::errors::ApiError;
+use super::observe::RequestId;
+use super::tools::StreamPiece;
+use super::AppState;
 use crate::engine::sampler::SamplingParams;
-use crate::provenance::{self, ProvenanceSigner};
+use crate::provenance::{self, ChoiceContent, ProvenanceSigner};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -25,21 +30,40 @@ pub struct Mark {
     audit: Option<AuditHandle>,
 }
 
+/// What the marks of a response take from its request: the request id, and its audit record.
+pub struct RequestMarks {
+    request_id: Option<String>,
+    audit: Option<AuditHandle>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMarks {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            audit: parts.extensions.get::<AuditHandle>().cloned(),
+        })
+    }
+}
+
 const AI_DISCLOSURE: HeaderName = HeaderName::from_static("ai-disclosure");
 
 impl Mark {
+    /// The marks of a response from `model` of the server `state`, for the request `ctx` names.
     pub fn new(
-        served: &ServedModel,
+        state: &AppState,
+        model: &str,
         sampling: &SamplingParams,
-        request_id: Option<String>,
-        signer: Option<Arc<ProvenanceSigner>>,
-        audit: Option<AuditHandle>,
-    ) -> Self {
+        ctx: RequestMarks,
+    ) -> Result<Self, ApiError> {
+        let served = state.generative(model)?;
+        let RequestMarks { request_id, audit } = ctx;
         if let Some(a) = &audit {
             a.set("model", json!(served.loaded.name));
             a.set("weights_sha256", json!(served.loaded.weights_sha256.get()));
         }
-        Self {
+        Ok(Self {
             model: served.loaded.name.clone(),
             weights_sha256: served.loaded.weights_sha256.clone(),
             quantization: served.loaded.quantization.clone(),
@@ -55,9 +79,9 @@ impl Mark {
             }),
             request_id,
             created: super::generation::now(),
-            signer,
+            signer: state.signer.clone(),
             audit,
-        }
+        })
     }
 
     /// Records the finished answer's token counts and finish reason in the audit trail.
@@ -70,9 +94,13 @@ impl Mark {
     }
 
     /// The `provenance` of a response whose generated content `body` holds (a response of any of
-    /// the generation APIs, or one built in that shape from a stream).
+    /// the generation APIs).
     pub fn provenance(&self, body: &Value) -> Value {
-        let content = provenance::response_content(body).unwrap_or_default();
+        self.provenance_of(&provenance::response_content(body).unwrap_or_default())
+    }
+
+    /// The `provenance` of this generated content (as a stream sent it).
+    pub fn provenance_of(&self, content: &[ChoiceContent]) -> Value {
         if let Some(a) = self.audit.as_ref().filter(|a| a.keeps_content()) {
             let output: Vec<Value> = content
                 .iter()
@@ -89,7 +117,7 @@ impl Mark {
             "sampling": self.sampling,
             "created": self.created,
             "request_id": self.request_id,
-            "content_sha256": provenance::content_sha256(&content),
+            "content_sha256": provenance::content_sha256(content),
         });
         if let Some(s) = &self.signer {
             s.sign(&mut p);
@@ -106,18 +134,19 @@ impl Mark {
     }
 }
 
-/// A chat completion built from streamed choices (text, and tool calls as name and arguments), in
-/// the shape `provenance::response_content` reads.
-pub fn chat_shape(choices: &[(String, Vec<(String, String)>)]) -> Value {
-    let choices: Vec<Value> = choices
-        .iter()
-        .map(|(text, calls)| {
-            let calls: Vec<Value> = calls
-                .iter()
-                .map(|(n, a)| json!({ "function": { "name": n, "arguments": a } }))
-                .collect();
-            json!({ "message": { "content": text, "tool_calls": calls } })
-        })
-        .collect();
-    json!({ "object": "chat.completion", "choices": choices })
+/// Adds streamed pieces to what a choice has sent (the content a stream's provenance covers).
+pub fn record(sent: &mut ChoiceContent, pieces: &[StreamPiece]) {
+    for p in pieces {
+        match p {
+            StreamPiece::Content(t) => sent.text.push_str(t),
+            StreamPiece::CallStart { name, .. } => {
+                sent.tool_calls.push((name.clone(), String::new()))
+            }
+            StreamPiece::CallArgs { index, text } => {
+                if let Some(call) = sent.tool_calls.get_mut(*index) {
+                    call.1.push_str(text);
+                }
+            }
+        }
+    }
 }

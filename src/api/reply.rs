@@ -28,6 +28,7 @@ pub enum Finish {
 }
 
 /// What `ReplyStream::next` yields.
+#[derive(Clone)]
 pub enum Next {
     Event(StreamPiece),
     End {
@@ -94,17 +95,7 @@ impl ReplyStream {
                 return Next::Event(e);
             }
             if let Some(end) = &self.end {
-                return match end {
-                    Next::End {
-                        finish,
-                        completion_tokens,
-                    } => Next::End {
-                        finish: finish.clone(),
-                        completion_tokens: *completion_tokens,
-                    },
-                    Next::Failed(e) => Next::Failed(e.clone()),
-                    Next::Event(_) => Next::Failed(ApiError::internal("reply state")),
-                };
+                return end.clone();
             }
             match self.pieces.recv().await {
                 Some(Piece::Delta { text, .. }) => {

@@ -171,20 +171,20 @@ async fn get_model(
     }
 }
 
-/// Liveness: 200 while the process serves (also while models load); 503 once an engine thread has
-/// stopped, so that an orchestrator restarts the instance.
-async fn health(State(state): State<Shared>) -> Response {
-    let stopped: Vec<&String> = match state.models() {
-        Ok(models) => models
-            .generative
-            .iter()
-            .filter(|(_, m)| !m.engine.is_alive())
-            .map(|(name, _)| name)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+/// The models whose engine thread has stopped.
+fn stopped_engines(models: &super::Models) -> Vec<&String> {
+    models
+        .generative
+        .iter()
+        .filter(|(_, m)| !m.engine.is_alive())
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// 200 with `{"status": ok}` while no engine has stopped, else 503 naming the stopped ones.
+fn engine_status(ok: &str, stopped: Vec<&String>) -> Response {
     if stopped.is_empty() {
-        Json(json!({ "status": "ok" })).into_response()
+        Json(json!({ "status": ok })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -192,6 +192,13 @@ async fn health(State(state): State<Shared>) -> Response {
         )
             .into_response()
     }
+}
+
+/// Liveness: 200 while the process serves (also while models load); 503 once an engine thread has
+/// stopped, so that an orchestrator restarts the instance.
+async fn health(State(state): State<Shared>) -> Response {
+    let stopped = state.models().map(stopped_engines).unwrap_or_default();
+    engine_status("ok", stopped)
 }
 
 /// 200 when every model is loaded and every engine thread runs; 503 while loading, or with the
@@ -204,19 +211,5 @@ async fn ready(State(state): State<Shared>) -> Response {
         )
             .into_response();
     };
-    let stopped: Vec<&String> = models
-        .generative
-        .iter()
-        .filter(|(_, m)| !m.engine.is_alive())
-        .map(|(name, _)| name)
-        .collect();
-    if stopped.is_empty() {
-        Json(json!({ "status": "ready" })).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "engine stopped", "models": stopped })),
-        )
-            .into_response()
-    }
+    engine_status("ready", stopped_engines(models))
 }

@@ -8,7 +8,6 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,11 +15,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 /// A subject's id: the first 32 hex digits of its sha256.
 pub fn subject_id(subject: &str) -> String {
-    Sha256::digest(subject.as_bytes())
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::sha256_hex(subject.as_bytes())[..32].to_string()
 }
 
 /// The subject keys of an audit folder.

@@ -28,7 +28,7 @@ pub fn record_hash(record: &Value, prev: &str) -> String {
     h.update(prev.as_bytes());
     h.update(b"\n");
     h.update(canonical_json(&r).as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex(&h.finalize())
 }
 
 /// The audit files of a folder, oldest first (their names sort by date and number).

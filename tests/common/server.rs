@@ -50,6 +50,13 @@ pub fn server() -> Server {
     server_with(&["--model", ALIAS, "--kv-cache-memory", "64MiB"])
 }
 
+/// A SmolLM2 server with the small KV cache of `server()` and these extra flags.
+pub fn smollm_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--model", ALIAS, "--kv-cache-memory", "64MiB"];
+    args.extend_from_slice(extra);
+    server_with(&args)
+}
+
 pub fn server_with(args: &[&str]) -> Server {
     ensure_model(ALIAS);
     let mut child = Command::new(env!("CARGO_BIN_EXE_inhaus"))
@@ -181,11 +188,16 @@ pub fn metric(srv: &Server, name: &str) -> f64 {
 
 /// Sends a streaming request and returns the connection once the first content chunk arrived.
 pub fn start_stream(srv: &Server, max_tokens: usize) -> BufReader<TcpStream> {
+    start_stream_as(srv, max_tokens, "")
+}
+
+/// `start_stream` with extra request headers (each ending in `\r\n`), e.g. a key.
+pub fn start_stream_as(srv: &Server, max_tokens: usize, headers: &str) -> BufReader<TcpStream> {
     let body = json!({ "model": ALIAS, "prompt": "Once upon a time", "max_tokens": max_tokens, "ignore_eos": true, "stream": true }).to_string();
     let mut s = TcpStream::connect(&srv.addr).expect("connect");
     write!(
         s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send");

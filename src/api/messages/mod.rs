@@ -6,17 +6,16 @@
 pub mod errors;
 pub mod request;
 
-use super::audit_trail::AuditHandle;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::new_id;
-use super::marking::{self, Mark};
-use super::observe::RequestId;
+use super::marking::{self, Mark, RequestMarks};
 use super::params::ChatBody;
 use super::reply::{Finish, Next, ReplyEvent, ReplyItem, ReplyStream};
 use super::AppState;
+use crate::provenance::ChoiceContent;
 use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -67,8 +66,7 @@ fn usage(input: usize, output: usize) -> Value {
 pub async fn create(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
-    rid: Option<Extension<RequestId>>,
-    audit: Option<Extension<AuditHandle>>,
+    marks: RequestMarks,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -80,13 +78,7 @@ pub async fn create(
     let id = new_id("msg_");
     let model = run.model.clone();
     let input_tokens = run.generation.prompt_tokens;
-    let mark = Mark::new(
-        state.generative(&run.model)?,
-        &run.spec.sampling,
-        rid.map(|r| r.0 .0),
-        state.signer.clone(),
-        audit.map(|a| a.0),
-    );
+    let mark = Mark::new(&state, &run.model, &run.spec.sampling, marks)?;
     let reply = ReplyStream::new(run);
     if stream {
         let mut resp = stream_message(id, model, input_tokens, reply, mark.clone());
@@ -167,7 +159,7 @@ fn stream_message(
         // Calls' block indexes (a late piece of arguments goes to its own block).
         let mut calls: Vec<i64> = Vec::new();
         // The blocks as sent (text, and calls' arguments as text): the provenance's digest.
-        let mut sent: Vec<(String, Vec<(String, String)>)> = vec![Default::default()];
+        let mut sent = ChoiceContent::default();
         loop {
             let mut out: Vec<(&str, Value)> = Vec::new();
             let close = |open: &mut Block, index: i64, out: &mut Vec<(&str, Value)>| {
@@ -178,7 +170,11 @@ fn stream_message(
                     ));
                 }
             };
-            match reply.next().await {
+            let next = reply.next().await;
+            if let Next::Event(e) = &next {
+                marking::record(&mut sent, std::slice::from_ref(e));
+            }
+            match next {
                 Next::Event(ReplyEvent::Content(t)) => {
                     if !matches!(open, Block::Text) {
                         close(&mut open, index, &mut out);
@@ -192,7 +188,6 @@ fn stream_message(
                             }),
                         ));
                     }
-                    sent[0].0.push_str(&t);
                     out.push((
                         "content_block_delta",
                         json!({
@@ -206,16 +201,12 @@ fn stream_message(
                     index += 1;
                     open = Block::Tool;
                     calls.push(index);
-                    sent[0].1.push((name.clone(), String::new()));
                     out.push(("content_block_start", json!({
                         "type": "content_block_start", "index": index,
                         "content_block": { "type": "tool_use", "id": tool_use_id(&id), "name": name, "input": {} },
                     })));
                 }
                 Next::Event(ReplyEvent::CallArgs { index: call, text }) => {
-                    if let Some(c) = sent[0].1.get_mut(call) {
-                        c.1.push_str(&text);
-                    }
                     if let Some(&block) = calls.get(call) {
                         out.push((
                             "content_block_delta",
@@ -240,7 +231,7 @@ fn stream_message(
                             "usage": { "output_tokens": completion_tokens },
                         }),
                     ));
-                    let provenance = mark.provenance(&marking::chat_shape(&sent));
+                    let provenance = mark.provenance_of(std::slice::from_ref(&sent));
                     mark.complete(input_tokens, completion_tokens, reason);
                     out.push((
                         "message_stop",

@@ -7,15 +7,13 @@ pub mod render;
 pub mod request;
 pub mod store;
 
-use super::audit_trail::AuditHandle;
 use super::auth::CallerKey;
 use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::{new_id, now};
-use super::marking::Mark;
-use super::observe::RequestId;
+use super::marking::{Mark, RequestMarks};
 use super::params::ChatBody;
 use super::reply::{Next, ReplyStream};
 use super::AppState;
@@ -67,8 +65,7 @@ pub async fn create(
     State(state): State<Shared>,
     arrival: Option<Extension<RequestArrival>>,
     key: Option<Extension<CallerKey>>,
-    rid: Option<Extension<RequestId>>,
-    audit: Option<Extension<AuditHandle>>,
+    marks: RequestMarks,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
@@ -129,13 +126,7 @@ pub async fn create(
         input_items: req.input_items,
         previous: req.previous_response_id,
     });
-    let mark = Mark::new(
-        state.generative(&run.model)?,
-        &run.spec.sampling,
-        rid.map(|r| r.0 .0),
-        state.signer.clone(),
-        audit.map(|a| a.0),
-    );
+    let mark = Mark::new(&state, &run.model, &run.spec.sampling, marks)?;
     let reply = ReplyStream::new(run);
     if req.stream {
         let mut resp = stream(shell, reply, saved, mark.clone());

@@ -127,6 +127,10 @@ fn the_system_card_names_the_models_and_the_configuration_without_secrets() {
         "{md}"
     );
     assert!(!md.contains(secret));
+    let (status, body) = get_with_key(&srv, "/v1/system/card?format=xml", secret);
+    assert_eq!(status, 400, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(err["error"]["param"], "format", "{body}");
     // Behind the key like the rest of the API.
     let (status, _, _) = http(&srv, "GET", "/v1/system/card", None);
     assert_eq!(status, 401);

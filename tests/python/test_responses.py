@@ -153,6 +153,10 @@ def test_stored_responses_can_be_retrieved_listed_and_deleted(oa):
     schema.assert_valid("ResponseItemList", items.model_dump(mode="json", by_alias=True, exclude_unset=True))
     assert [i.type for i in items.data] == ["message"] and items.data[0].id
     assert [i.id for i in items] == [items.data[0].id]  # auto-paging ends
+    for bad in ({"limit": 0}, {"limit": 101}, {"order": "sideways"}, {"after": "item_unknown"}):
+        with pytest.raises(openai.BadRequestError) as e:
+            oa.responses.input_items.list(r.id, **bad)
+        assert error_of(e.value)["param"] == next(iter(bad)), bad
     oa.responses.delete(r.id)
     with pytest.raises(openai.NotFoundError):
         oa.responses.retrieve(r.id)

@@ -1,7 +1,9 @@
 //! The key store (`inhaus keys ...`, `serve --key-store FILE`): named API keys with rights and
 //! limits, kept as their sha256 only (a key is shown once, when it is made, and never again). A key
-//! may be limited to some models, to requests per minute and to requests running at once. The file
-//! is JSON, written atomically; a running server reads it again when it changes.
+//! may be limited to some models, to requests per minute, to tokens per minute and per day, and to
+//! requests running at once. The file is JSON, written atomically; a running server reads it again
+//! when it changes. Keys are 192 random bits, so a plain sha256 (no salt, no slow hash) cannot be
+//! reversed by guessing: salts and slow hashes protect low-entropy passwords, not random keys.
 use crate::digest::{hex, sha256_hex};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,6 +46,30 @@ pub struct KeyLimits {
     /// Requests running at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Tokens (prompt and completion) per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+}
+
+impl KeyLimits {
+    /// These limits with every limit `other` sets taken from it (`keys update`).
+    pub fn merge(&mut self, other: KeyLimits) {
+        let KeyLimits {
+            models,
+            rpm,
+            max_concurrent,
+            tpm,
+            tokens_per_day,
+        } = other;
+        self.models = models.or(self.models.take());
+        self.rpm = rpm.or(self.rpm);
+        self.max_concurrent = max_concurrent.or(self.max_concurrent);
+        self.tpm = tpm.or(self.tpm);
+        self.tokens_per_day = tokens_per_day.or(self.tokens_per_day);
+    }
 }
 
 /// One key: its name, its hash and what it may do.
@@ -63,6 +89,17 @@ pub struct KeyEntry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyStore {
     pub keys: Vec<KeyEntry>,
+}
+
+fn new_secret() -> String {
+    format!("inh-{}", hex(&rand::random::<[u8; 24]>()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn key_hash(key: &str) -> String {
@@ -124,17 +161,25 @@ impl KeyStore {
         if self.keys.iter().any(|k| k.name == name) {
             return Err(KeyStoreError::Exists(name.into()));
         }
-        let secret = format!("inh-{}", hex(&rand::random::<[u8; 24]>()));
+        let secret = new_secret();
         self.keys.push(KeyEntry {
             name: name.to_string(),
             sha256: key_hash(&secret),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: unix_now(),
             revoked: false,
             limits,
         });
+        Ok(secret)
+    }
+
+    /// Gives the key `name` a new secret (the old one stops working; name, limits and usage stay,
+    /// and a revoked key is live again); returns the new secret (shown once).
+    pub fn rotate(&mut self, name: &str) -> Result<String, KeyStoreError> {
+        let secret = new_secret();
+        let e = self.entry_mut(name)?;
+        e.sha256 = key_hash(&secret);
+        e.created = unix_now();
+        e.revoked = false;
         Ok(secret)
     }
 
@@ -165,7 +210,8 @@ mod tests {
         let limits = KeyLimits {
             models: Some(vec!["m".into()]),
             rpm: Some(5),
-            max_concurrent: None,
+            tpm: Some(1000),
+            ..KeyLimits::default()
         };
         let secret = s.create("buchhaltung", limits.clone()).expect("create");
         assert!(matches!(
@@ -188,5 +234,31 @@ mod tests {
         assert!(s.find(&secret).is_none());
         let back: KeyStore = serde_json::from_str(&text).expect("parse");
         assert_eq!(back.keys.len(), 1);
+        let new = s.rotate("buchhaltung").expect("rotate");
+        assert!(s.find(&secret).is_none(), "the old secret still works");
+        assert_eq!(s.find(&new).map(|e| &e.limits), Some(&limits));
+    }
+
+    #[test]
+    fn an_update_changes_only_the_limits_it_names() {
+        let mut l = KeyLimits {
+            rpm: Some(5),
+            tokens_per_day: Some(10),
+            ..KeyLimits::default()
+        };
+        l.merge(KeyLimits {
+            tpm: Some(7),
+            tokens_per_day: Some(20),
+            ..KeyLimits::default()
+        });
+        assert_eq!(
+            l,
+            KeyLimits {
+                rpm: Some(5),
+                tpm: Some(7),
+                tokens_per_day: Some(20),
+                ..KeyLimits::default()
+            }
+        );
     }
 }

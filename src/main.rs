@@ -112,6 +112,24 @@ struct KeyLimitArgs {
     /// Requests running at once at most.
     #[arg(long)]
     max_concurrent: Option<u32>,
+    /// Tokens (prompt and completion) per minute at most.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Tokens (prompt and completion) per UTC day at most.
+    #[arg(long)]
+    tokens_per_day: Option<u64>,
+}
+
+impl From<KeyLimitArgs> for inhaus::keys::KeyLimits {
+    fn from(a: KeyLimitArgs) -> Self {
+        Self {
+            models: a.models,
+            rpm: a.rpm,
+            max_concurrent: a.max_concurrent,
+            tpm: a.tpm,
+            tokens_per_day: a.tokens_per_day,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,6 +151,14 @@ enum KeysCommand {
     },
     /// Revokes a key: a running server refuses it within a second or two.
     Revoke {
+        #[arg(long)]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Gives a key a new secret and prints it, once: the old one stops working; name, rights,
+    /// limits and usage stay.
+    Rotate {
         #[arg(long)]
         store: std::path::PathBuf,
         #[arg(long)]
@@ -847,14 +873,7 @@ fn main() -> Result<()> {
                 },
         } => {
             let mut ks = inhaus::keys::KeyStore::load(&store)?;
-            let secret = ks.create(
-                &name,
-                inhaus::keys::KeyLimits {
-                    models: limits.models,
-                    rpm: limits.rpm,
-                    max_concurrent: limits.max_concurrent,
-                },
-            )?;
+            let secret = ks.create(&name, limits.into())?;
             ks.save(&store)?;
             println!("{secret}");
             eprintln!(
@@ -872,6 +891,7 @@ fn main() -> Result<()> {
                     serde_json::json!({
                         "name": k.name, "revoked": k.revoked, "created": k.created,
                         "models": k.limits.models, "rpm": k.limits.rpm,
+                        "tpm": k.limits.tpm, "tokens_per_day": k.limits.tokens_per_day,
                         "max_concurrent": k.limits.max_concurrent,
                     })
                 );
@@ -886,6 +906,15 @@ fn main() -> Result<()> {
             eprintln!("inhaus: key `{name}` revoked");
         }
         Command::Keys {
+            command: KeysCommand::Rotate { store, name },
+        } => {
+            let mut ks = inhaus::keys::KeyStore::load(&store)?;
+            let secret = ks.rotate(&name)?;
+            ks.save(&store)?;
+            println!("{secret}");
+            eprintln!("inhaus: key `{name}` has a new secret, shown only now; the old one no longer works");
+        }
+        Command::Keys {
             command:
                 KeysCommand::Update {
                     store,
@@ -894,16 +923,7 @@ fn main() -> Result<()> {
                 },
         } => {
             let mut ks = inhaus::keys::KeyStore::load(&store)?;
-            let e = ks.entry_mut(&name)?;
-            if limits.models.is_some() {
-                e.limits.models = limits.models;
-            }
-            if limits.rpm.is_some() {
-                e.limits.rpm = limits.rpm;
-            }
-            if limits.max_concurrent.is_some() {
-                e.limits.max_concurrent = limits.max_concurrent;
-            }
+            ks.entry_mut(&name)?.limits.merge(limits.into());
             ks.save(&store)?;
             eprintln!("inhaus: key `{name}` updated");
         }

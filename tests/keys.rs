@@ -1,7 +1,9 @@
 //! Named keys with rights and limits (`inhaus keys ...`, `serve --key-store`): keys are shown once
 //! and stored hashed; a key may use only its models (403, and `/v1/models` lists only those);
 //! over its requests per minute or its requests at once it gets 429 with `Retry-After` while other
-//! keys go on; a revoked key is refused without a restart.
+//! keys go on; the same for tokens per minute and per day (which a restart does not reset); one
+//! key's queue does not hold back another key's request; a revoked key is refused without a restart,
+//! and a rotated key's old secret no longer works.
 mod common;
 use common::server::*;
 use serde_json::{json, Value};
@@ -143,5 +145,158 @@ fn a_key_runs_at_most_its_requests_at_once_streams_included() {
         assert!(t0.elapsed().as_secs() < 10, "the key's place was not freed");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
+}
+
+/// The value of `inhaus:key_tokens_total` for a key and kind (0 when not exported yet).
+fn key_tokens(srv: &Server, key: &str, kind: &str) -> u64 {
+    let (_, _, body) = http(srv, "GET", "/metrics", None);
+    let want = format!("inhaus:key_tokens_total{{key=\"{key}\",kind=\"{kind}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn usage_of(body: &str) -> (u64, u64) {
+    let v: Value = serde_json::from_str(body).expect("json");
+    (
+        v["usage"]["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        v["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("completion_tokens"),
+    )
+}
+
+fn retry_after(head: &str) -> u64 {
+    header(head, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After")
+}
+
+#[test]
+fn token_quotas_per_minute_and_per_day_count_what_was_used_and_a_day_survives_a_restart() {
+    let store = store_path("tokens");
+    let minute = create(&store, "minute", &["--tpm", "40"]);
+    let day = create(&store, "tag", &["--tokens-per-day", "40"]);
+    let other = create(&store, "andere", &[]);
+    let long = json!({"model": ALIAS, "messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+                      "max_tokens": 12, "ignore_eos": true});
+    {
+        let srv = smollm_server(&["--key-store", store.to_str().expect("path")]);
+        // The first request runs (nothing used yet) and uses more than the quota.
+        let (status, _, body) = call(&srv, &minute, "/v1/chat/completions", Some(long.clone()));
+        assert_eq!(status, 200, "{body}");
+        let (prompt, completion) = usage_of(&body);
+        assert!(prompt + completion >= 40, "{prompt} + {completion}");
+        // Usage per key, exported under the store's name, as the answer reported it.
+        wait_for("key tokens", || {
+            key_tokens(&srv, "minute", "completion") == completion
+        });
+        assert_eq!(key_tokens(&srv, "minute", "prompt"), prompt);
+        let (status, head, body) = call(&srv, &minute, "/v1/models", None);
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("40 tokens per minute"), "{body}");
+        assert!((1..=60).contains(&retry_after(&head)));
+        // Streamed tokens count too.
+        let (status, _, body) = call(
+            &srv,
+            &day,
+            "/v1/chat/completions",
+            Some(
+                json!({"model": ALIAS, "messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+                        "max_tokens": 12, "ignore_eos": true, "stream": true}),
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        wait_for("streamed tokens", || {
+            key_tokens(&srv, "tag", "completion") == 12
+        });
+        let (status, head, body) = call(&srv, &day, "/v1/models", None);
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("40 tokens per day"), "{body}");
+        assert!((1..=86_400).contains(&retry_after(&head)));
+        assert_eq!(call(&srv, &other, "/v1/models", None).0, 200);
+        // Each count is written to the day file right after it is made; a kill may only lose the
+        // one being written, so wait for the file to hold the quota's worth.
+        let file = store.with_file_name("keys.json.usage.json");
+        wait_for("the day file", || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["tokens"]["tag"].as_u64())
+                .is_some_and(|n| n >= 40)
+        });
+    }
+    // A restart does not give the day's quota back.
+    let srv = smollm_server(&["--key-store", store.to_str().expect("path")]);
+    let (status, _, body) = call(&srv, &day, "/v1/models", None);
+    assert_eq!(
+        status, 429,
+        "the daily quota was reset by a restart: {body}"
+    );
+    assert_eq!(call(&srv, &other, "/v1/models", None).0, 200);
+    let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
+}
+
+#[test]
+fn a_keys_queue_does_not_hold_back_another_keys_request() {
+    let store = store_path("fair");
+    let busy = create(&store, "stapel", &[]);
+    let single = create(&store, "einzel", &[]);
+    let srv = smollm_server(&[
+        "--key-store",
+        store.to_str().expect("path"),
+        "--max-num-seqs",
+        "2",
+    ]);
+    let body =
+        json!({"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": true});
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let addr = srv.addr.clone();
+    let mut threads = Vec::new();
+    for _ in 0..10 {
+        let (addr, key, body, done) = (addr.clone(), busy.clone(), body.to_string(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            let auth = format!("Authorization: Bearer {key}\r\n");
+            let (status, _, _) = request(&addr, "POST", "/v1/completions", Some(&body), &auth);
+            assert_eq!(status, 200);
+            done.lock().expect("lock").push("stapel");
+        }));
+    }
+    // All of the busy key's requests are in: two run, eight wait.
+    wait_for("the busy key's queue", || {
+        metric(&srv, "inhaus:num_requests_waiting") >= 8.0
+    });
+    let auth = format!("Authorization: Bearer {single}\r\n");
+    let (status, _, b) = request(
+        &addr,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+        &auth,
+    );
+    assert_eq!(status, 200, "{b}");
+    let before = done.lock().expect("lock").len();
+    // First come first served would run all ten first; fairly it takes the next free seat.
+    assert!(
+        before <= 3,
+        "{before} of the busy key's requests ended before the other key's one"
+    );
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
+}
+
+#[test]
+fn a_rotated_key_takes_over_from_the_old_secret() {
+    let store = store_path("rotate");
+    let old = create(&store, "dienst", &[]);
+    let (ok, new, err) = keys_cli(&["rotate", "--name", "dienst"], &store);
+    assert!(ok && new.starts_with("inh-") && new != old, "{err}");
+    let srv = smollm_server(&["--key-store", store.to_str().expect("path")]);
+    assert_eq!(call(&srv, &old, "/v1/models", None).0, 401);
+    assert_eq!(call(&srv, &new, "/v1/models", None).0, 200);
     let _ = std::fs::remove_dir_all(store.parent().expect("dir"));
 }

@@ -391,3 +391,64 @@ fn generate_is_a_one_request_client_of_the_engine() {
     };
     assert!(generate(&model, &prompt, &huge, |_| true).is_err());
 }
+
+#[test]
+fn tenants_share_seats_and_the_queue_fairly() {
+    // One seat, a queue of four: tenant a fills the queue, yet tenant b's request is still taken
+    // and runs right after a's first one, not after a's whole queue.
+    use inhaus::engine::fair_share::Tenant;
+    use inhaus::engine::scheduler::AdmissionError;
+    let model = FakeModel {
+        vocab: VOCAB,
+        context_len: 160,
+    };
+    let cfg = EngineConfig {
+        max_num_seqs: 1,
+        max_num_batched_tokens: 64,
+        block_size: 4,
+        num_blocks: 64,
+        max_waiting: 4,
+    };
+    let mut e = Engine::new(&model, cfg);
+    let req = |tenant: &str, i: u32| {
+        let mut r = GenerationRequest::new((0..6).map(|t| (t * 3 + i) % VOCAB as u32).collect(), 5);
+        r.ignore_eos = true;
+        r.tenant = Some(Tenant::new(tenant));
+        r
+    };
+    let mut queued = Vec::new();
+    let mut add = |e: &mut Engine<'_, FakeModel>, tenant: &'static str, i: u32| {
+        let (tx, rx) = channel();
+        let r = e.add_request(req(tenant, i), tx, CancelHandle::new(1));
+        if r.is_ok() {
+            queued.push((tenant, rx));
+        }
+        r.map(|_| ())
+    };
+    for i in 0..4 {
+        add(&mut e, "a", i).expect("a queued");
+    }
+    assert!(matches!(
+        add(&mut e, "a", 9),
+        Err(AdmissionError::QueueFull)
+    ));
+    add(&mut e, "b", 7).expect("a tenant with nothing waiting is let in");
+    assert!(matches!(
+        add(&mut e, "b", 8),
+        Err(AdmissionError::QueueFull)
+    ));
+    let mut finished = Vec::new();
+    while e.has_work() {
+        e.step().expect("step");
+        for (tenant, rx) in &queued {
+            if rx
+                .try_iter()
+                .any(|ev| matches!(ev, SeqEvent::Finished { .. }))
+            {
+                finished.push(*tenant);
+            }
+        }
+    }
+    assert_eq!(finished, ["a", "b", "a", "a", "a"]);
+    assert_eq!(e.pool().num_free(), e.pool().num_blocks());
+}

@@ -5,6 +5,7 @@
 use super::constraints::{self, OutputGrammar};
 use super::errors::ApiError;
 use super::generation::{self, Generation};
+use super::origin::Origin;
 use super::params::{self, ChatBody, GenSpec};
 use super::prepare;
 use super::tool_choice::ToolPlan;
@@ -14,7 +15,6 @@ use crate::engine::constraint::{Constraint, ConstraintMode};
 use crate::grammar::GrammarSpec;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A running chat generation and what shaping its answer needs.
 pub struct ChatRun {
@@ -41,7 +41,7 @@ pub async fn start(
     body: ChatBody,
     logprobs: Option<usize>,
     overflow: Overflow,
-    arrived: Instant,
+    origin: &Origin,
 ) -> Result<ChatRun, ApiError> {
     let served = state.generative(&body.common.model)?;
     let mut spec = params::validate(&body.common, served, logprobs)?;
@@ -60,7 +60,7 @@ pub async fn start(
     })
     .await?;
     spec.constraint = constraint;
-    let generation = generation::start(state, &model, &spec, vec![prompt], arrived).await?;
+    let generation = generation::start(state, &model, &spec, vec![prompt], origin).await?;
     Ok(ChatRun {
         generation,
         spec,

@@ -2,12 +2,12 @@
 //! prompt (each with `n` choices), and answer either as one JSON response or as an SSE stream of
 //! chunks (a role chunk per choice, content deltas, exactly one chunk with `finish_reason` per
 //! choice, an optional usage chunk, then `[DONE]`), in OpenAI's wire format.
-use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::constraints;
 use super::errors::ApiError;
 use super::generation::{self, new_id, now, CancelGuard, Generation};
 use super::marking::{self, Mark, RequestMarks};
+use super::origin::Origin;
 use super::params::{self, ChatBody, CompletionBody, GenSpec};
 use super::prepare;
 use super::pump::{Piece, TokenLogprob};
@@ -15,7 +15,7 @@ use super::tools::{StreamPiece, ToolCall, ToolCallSplitter, ToolCallStreamer};
 use super::AppState;
 use crate::engine::constraint::ConstraintMode;
 use crate::provenance::ChoiceContent;
-use axum::extract::{Extension, FromRequest, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +23,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 type Shared = Arc<AppState>;
@@ -65,11 +64,10 @@ impl Kind {
 
 pub async fn chat_completions(
     State(state): State<Shared>,
-    arrival: Option<Extension<RequestArrival>>,
+    origin: Origin,
     marks: RequestMarks,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let logprobs = match (body.logprobs, body.top_logprobs) {
         (Some(true), k) => match k.unwrap_or(0) {
             k @ 0..=20 => Some(k as usize),
@@ -88,7 +86,7 @@ pub async fn chat_completions(
         }
         _ => None,
     };
-    let run = chat::start(&state, body, logprobs, Overflow::Refuse, arrived).await?;
+    let run = chat::start(&state, body, logprobs, Overflow::Refuse, &origin).await?;
     let kind = if run.tool_names.is_some() {
         Kind::ChatWithTools
     } else {
@@ -109,11 +107,10 @@ pub async fn chat_completions(
 
 pub async fn completions(
     State(state): State<Shared>,
-    arrival: Option<Extension<RequestArrival>>,
+    origin: Origin,
     marks: RequestMarks,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
-    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let served = state.generative(&body.common.model)?;
     if body.echo == Some(true) {
         return Err(ApiError::unsupported("echo is not supported.", "echo"));
@@ -150,7 +147,7 @@ pub async fn completions(
     })
     .await?;
     spec.constraint = constraint;
-    let generation = generation::start(&state, &model, &spec, prompts, arrived).await?;
+    let generation = generation::start(&state, &model, &spec, prompts, &origin).await?;
     let mark = Mark::new(&state, &model, &spec.sampling, marks)?;
     let meta = Meta {
         id: new_id("cmpl"),

@@ -4,6 +4,7 @@
 //! expect.
 use super::completions::ApiJson;
 use super::errors::ApiError;
+use super::origin::Origin;
 use super::prepare;
 use super::AppState;
 use crate::embeddings::Embedder;
@@ -87,6 +88,7 @@ fn inputs(e: &Embedder, input: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    origin: Origin,
     ApiJson(body): ApiJson<EmbeddingBody>,
 ) -> Result<Response, ApiError> {
     let served = state.embedder(&body.model)?;
@@ -121,6 +123,10 @@ pub async fn embeddings(
         Ok((ids, n))
     })
     .await?;
+    // The inputs count against the key's tokens once they are to be embedded.
+    if let (Some(k), Some(keys)) = (&origin.store_key, &state.keys) {
+        keys.meter(k).prompt(prompt_tokens);
+    }
     let _permit = served
         .gate
         .acquire()

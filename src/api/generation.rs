@@ -3,6 +3,7 @@
 //! start one pump per request. What comes back is a channel of `Piece`s for every choice and a
 //! guard that cancels the engine work when the answer is dropped (the client went away).
 use super::errors::ApiError;
+use super::origin::Origin;
 use super::params::GenSpec;
 use super::pump::{pump, Piece};
 use super::AppState;
@@ -10,7 +11,6 @@ use crate::engine::handle::SubmitError;
 use crate::engine::scheduler::{AdmissionError, CancelHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc::Receiver;
 
 /// Seconds since the Unix epoch (the `created` of API objects).
@@ -68,20 +68,23 @@ pub struct Generation {
     pub prompt_tokens: usize,
 }
 
-/// Submits one engine request per prompt to `model`'s engine, each with `spec.n` choices.
+/// Submits one engine request per prompt to `model`'s engine, each with `spec.n` choices, on
+/// behalf of `origin` (its tenant, and its key's token meter).
 pub async fn start(
     state: &Arc<AppState>,
     model: &str,
     spec: &GenSpec,
     prompts: Vec<Vec<u32>>,
-    arrived: Instant,
+    origin: &Origin,
 ) -> Result<Generation, ApiError> {
     let served = state.generative(model)?;
     // One deadline for the whole request, from its arrival: reading the body and preparing the
     // prompt count against it too. Past it before generation starts: 408 (nothing was done).
-    let deadline = state.request_timeout.map(|d| (arrived + d, d.as_secs()));
+    let deadline = state
+        .request_timeout
+        .map(|d| (origin.arrived + d, d.as_secs()));
     if let Some((at, secs)) = deadline {
-        if Instant::now() >= at {
+        if std::time::Instant::now() >= at {
             return Err(ApiError::timeout(secs));
         }
     }
@@ -100,7 +103,12 @@ pub async fn start(
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let requests = prompts
         .into_iter()
-        .map(|p| spec.request(served, p))
+        .map(|p| {
+            spec.request(served, p).map(|mut r| {
+                r.tenant = origin.tenant.clone();
+                r
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Submitting waits for the engine thread to take the request (up to one step): off the async workers.
     let submitted = {
@@ -119,6 +127,13 @@ pub async fn start(
     let streams = submitted
         .unwrap_or(Err(SubmitError::Stopped))
         .map_err(submit_error)?;
+    let meter = origin
+        .store_key
+        .as_ref()
+        .and_then(|k| state.keys.as_ref().map(|s| s.meter(k)));
+    if let Some(m) = &meter {
+        m.prompt(prompt_tokens);
+    }
     let n = spec.n;
     let choices = n * streams.len();
     let guard = CancelGuard(streams.iter().map(|s| s.cancel.clone()).collect());
@@ -127,7 +142,10 @@ pub async fn start(
         let loaded = served.loaded.clone();
         let stops = spec.stops.clone();
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || pump(loaded, stream, n, p * n, stops, deadline, tx));
+        let meter = meter.clone();
+        tokio::task::spawn_blocking(move || {
+            pump(loaded, stream, n, p * n, stops, deadline, meter, tx)
+        });
     }
     Ok(Generation {
         pieces: rx,

@@ -1,15 +1,16 @@
 //! Keys from the key store (`--key-store`) at the door: the presented key is found by its hash
 //! (the file is read again when it changes, at most once a second), and its limits are applied
-//! before the request runs: requests per minute, and requests running at once (held until the
-//! answer, a stream included, has been sent). Over a limit: 429 with `Retry-After` and an error
-//! naming the limit; other keys are not affected. Which models a key may use is checked when the
+//! before the request runs: requests per minute, tokens per minute and per UTC day (the tokens its
+//! earlier requests used: see `key_usage`), and requests running at once (held until the answer,
+//! a stream included, has been sent). Over a limit: 429 with `Retry-After` and an error naming the
+//! limit; other keys are not affected. Which models a key may use is checked when the
 //! request's body has been read (`body.rs`), and `/v1/models` lists only those.
 use super::errors::ApiError;
+use super::key_usage::{seconds_to_next_day, KeyTokens, KeyUsage, TokenMeter};
 use crate::keys::{KeyEntry, KeyStore};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -37,18 +38,11 @@ struct Loaded {
     checked: Instant,
 }
 
-#[derive(Default)]
-struct Usage {
-    /// When the requests of the last minute started.
-    recent: VecDeque<Instant>,
-    running: u32,
-}
-
 /// The key store of a running server, and each key's usage.
 pub struct ServedKeys {
     path: PathBuf,
     loaded: Mutex<Loaded>,
-    usage: Arc<Mutex<HashMap<String, Usage>>>,
+    usage: Arc<KeyUsage>,
 }
 
 fn modified(p: &std::path::Path) -> Option<SystemTime> {
@@ -87,8 +81,10 @@ fn limited(message: String, retry_after: u64) -> OverLimit {
 }
 
 impl ServedKeys {
-    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+    /// The store at `path`; tokens used are counted into `tokens`.
+    pub fn open(path: PathBuf, tokens: KeyTokens) -> anyhow::Result<Self> {
         let store = KeyStore::load(&path)?;
+        let usage = Arc::new(KeyUsage::open(&path, tokens));
         tracing::info!(path = %path.display(), keys = store.keys.iter().filter(|k| !k.revoked).count(), "key store");
         Ok(Self {
             loaded: Mutex::new(Loaded {
@@ -97,8 +93,13 @@ impl ServedKeys {
                 checked: Instant::now(),
             }),
             path,
-            usage: Arc::default(),
+            usage,
         })
+    }
+
+    /// Counts a request's tokens against the key `name`.
+    pub fn meter(&self, name: &str) -> TokenMeter {
+        self.usage.meter(name)
     }
 
     /// The live entry of a presented key (the store re-read first if its file changed).
@@ -124,41 +125,35 @@ impl ServedKeys {
 
     /// Admits a request of `entry` under its limits; the guard holds its place among the running.
     pub fn admit(&self, entry: &KeyEntry) -> Result<KeyGuard, OverLimit> {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let u = usage.entry(entry.name.clone()).or_default();
+        let mut per_key = self.usage.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        let u = per_key.entry(entry.name.clone()).or_default();
         let now = Instant::now();
-        while u
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            u.recent.pop_front();
+        u.expire(now);
+        let name = &entry.name;
+        let l = &entry.limits;
+        if let Some(rpm) = l.rpm.filter(|&r| u.recent.len() >= r as usize) {
+            return Err(limited(
+                format!("The key `{name}` is limited to {rpm} requests per minute."),
+                u.requests_wait(now),
+            ));
         }
-        if let Some(rpm) = entry.limits.rpm {
-            if u.recent.len() >= rpm as usize {
-                let wait = u
-                    .recent
-                    .front()
-                    .map_or(60, |t| 60 - now.duration_since(*t).as_secs().min(59));
-                return Err(limited(
-                    format!(
-                        "The key `{}` is limited to {rpm} requests per minute.",
-                        entry.name
-                    ),
-                    wait,
-                ));
-            }
+        if let Some(tpm) = l.tpm.filter(|&t| u.minute_tokens() >= t) {
+            return Err(limited(
+                format!("The key `{name}` is limited to {tpm} tokens per minute."),
+                u.tokens_wait(now, tpm),
+            ));
         }
-        if let Some(max) = entry.limits.max_concurrent {
-            if u.running >= max {
-                return Err(limited(
-                    format!(
-                        "The key `{}` may run at most {max} requests at once.",
-                        entry.name
-                    ),
-                    1,
-                ));
-            }
+        if let Some(day) = l.tokens_per_day.filter(|&t| u.day_tokens() >= t) {
+            return Err(limited(
+                format!("The key `{name}` is limited to {day} tokens per day (UTC); it has used them today."),
+                seconds_to_next_day(),
+            ));
+        }
+        if let Some(max) = l.max_concurrent.filter(|&m| u.running >= m) {
+            return Err(limited(
+                format!("The key `{name}` may run at most {max} requests at once."),
+                1,
+            ));
         }
         u.recent.push_back(now);
         u.running += 1;
@@ -171,14 +166,14 @@ impl ServedKeys {
 
 /// A request's place among its key's running requests; released when dropped.
 pub struct KeyGuard {
-    usage: Arc<Mutex<HashMap<String, Usage>>>,
+    usage: Arc<KeyUsage>,
     name: String,
 }
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(u) = usage.get_mut(&self.name) {
+        let mut per_key = self.usage.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = per_key.get_mut(&self.name) {
             u.running = u.running.saturating_sub(1);
         }
     }

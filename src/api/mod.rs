@@ -14,10 +14,12 @@ pub mod embeddings;
 pub mod errors;
 pub mod generation;
 pub mod key_limits;
+pub mod key_usage;
 pub mod listen;
 pub mod marking;
 pub mod messages;
 pub mod observe;
+pub mod origin;
 pub mod params;
 pub mod prepare;
 pub mod pump;
@@ -370,7 +372,13 @@ fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     }
     state.card_config = card::configuration(cfg);
     if let Some(path) = &cfg.key_store {
-        state.keys = Some(key_limits::ServedKeys::open(path.clone())?);
+        let tokens = key_usage::KeyTokens::default();
+        state.registry.register(
+            "inhaus:key_tokens",
+            "Tokens used per key of the key store, by kind (prompt, completion)",
+            tokens.clone(),
+        );
+        state.keys = Some(key_limits::ServedKeys::open(path.clone(), tokens)?);
     }
     if let Some(opts) = &cfg.audit {
         state.audit = Some(Arc::new(crate::audit::writer::AuditLog::open(

@@ -305,6 +305,7 @@ impl GenSpec {
             ignore_eos: self.ignore_eos,
             n: self.n,
             constraint: self.constraint.clone(),
+            tenant: None,
         })
     }
 }

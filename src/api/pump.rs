@@ -2,8 +2,10 @@
 //! detokenizes each choice incrementally, applies stop strings (holding back text that could be the
 //! start of one; a matched stop string is never emitted and stops only its own choice), attaches
 //! log-probabilities, and forwards `Piece`s to the async side. The client going away (the receiver
-//! dropped) or the deadline passing cancels what is still running.
+//! dropped) or the deadline passing cancels what is still running. Every token generated counts
+//! against the request's key (its `TokenMeter`), sent or not.
 use super::errors::ApiError;
+use super::key_usage::TokenMeter;
 use crate::engine::generate::FinishReason;
 use crate::engine::handle::RequestStream;
 use crate::engine::sampler::TokenLogprobs;
@@ -96,7 +98,19 @@ struct ChoiceState {
     done: bool,
 }
 
+/// The tokens a pump has seen, counted against its key when the pump ends, however it ends.
+struct Metered(Option<TokenMeter>, usize);
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.completion(self.1);
+        }
+    }
+}
+
 /// Reads `stream` until every choice has ended; choice `c` is sent as index `index_base + c`.
+#[allow(clippy::too_many_arguments)]
 pub fn pump(
     model: Arc<LoadedModel>,
     stream: RequestStream,
@@ -104,8 +118,10 @@ pub fn pump(
     index_base: usize,
     stops: Vec<String>,
     deadline: Option<(Instant, u64)>,
+    meter: Option<TokenMeter>,
     out: Sender<Piece>,
 ) {
+    let mut metered = Metered(meter, 0);
     let tok = &model.tokenizer;
     let hold = stops
         .iter()
@@ -167,6 +183,7 @@ pub fn pump(
                 id,
                 logprobs,
             } => {
+                metered.1 += 1;
                 let Some(st) = choices.get_mut(choice) else {
                     continue;
                 };

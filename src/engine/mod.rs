@@ -2,6 +2,7 @@
 //! generation loop over the batched forward.
 pub mod block_pool;
 pub mod constraint;
+pub mod fair_share;
 pub mod generate;
 pub mod handle;
 pub mod metrics;

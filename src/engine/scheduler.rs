@@ -8,6 +8,7 @@
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
 use super::block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
 use super::constraint::{Advance, Constraint, SeqConstraint};
+use super::fair_share::{Candidate, FairShare, Seats, Tenant};
 use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use super::step_model::StepModel;
@@ -67,6 +68,8 @@ pub struct GenerationRequest {
     pub n: usize,
     /// The grammar the output must follow, if any (each choice gets its own copy).
     pub constraint: Option<Constraint>,
+    /// Whose request it is: seats are shared fairly between tenants (see `fair_share`).
+    pub tenant: Option<Tenant>,
 }
 
 impl GenerationRequest {
@@ -81,6 +84,7 @@ impl GenerationRequest {
             ignore_eos: false,
             n: 1,
             constraint: None,
+            tenant: None,
         }
     }
 }
@@ -184,6 +188,7 @@ struct Seq {
     constraint: Option<SeqConstraint>,
     /// Its prompt was looked up in the prefix cache once (retries do not count again).
     prefix_looked_up: bool,
+    tenant: Option<Tenant>,
     tx: Sender<SeqEvent>,
 }
 
@@ -242,6 +247,7 @@ pub struct Engine<'m, M: StepModel = Transformer> {
     metrics: EngineMetrics,
     /// Prefix-cache counters already added to `metrics`.
     synced_prefix: PrefixCacheStats,
+    fair: FairShare,
 }
 
 impl<'m, M: StepModel> Engine<'m, M> {
@@ -258,6 +264,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             next_id: 0,
             metrics: EngineMetrics::default(),
             synced_prefix: PrefixCacheStats::default(),
+            fair: FairShare::default(),
         }
     }
 
@@ -312,7 +319,13 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 limit,
             });
         }
-        if self.waiting.len() >= self.cfg.max_waiting {
+        // A full queue refuses a tenant that already waits; one that does not is still let in
+        // (up to twice the bound), so one key cannot fill the queue against all others.
+        let full = self.waiting.len() >= self.cfg.max_waiting;
+        if full
+            && (self.waiting.len() >= 2 * self.cfg.max_waiting
+                || self.waiting.iter().any(|s| s.tenant == req.tenant))
+        {
             return Err(AdmissionError::QueueFull);
         }
         let id = SeqId(self.next_id);
@@ -339,6 +352,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             ignore_eos: req.ignore_eos,
             constraint: req.constraint.map(SeqConstraint::new),
             prefix_looked_up: false,
+            tenant: req.tenant,
             tx,
         });
         self.metrics.waiting.set(self.waiting.len() as i64);
@@ -481,17 +495,28 @@ impl<'m, M: StepModel> Engine<'m, M> {
             self.waiting.push_front(victim);
             plan.retain(|&(j, _)| j < self.running.len());
         }
-        // Admit waiting sequences, first come first served. A sequence that will fork takes a seat
-        // for each of its choices.
+        // Admit waiting sequences, fairly across tenants (see `fair_share`). A sequence that will
+        // fork takes a seat for each of its choices.
         let mut seats: usize = self.running.iter().map(|s| 1 + s.forks.len()).sum();
+        let mut held = Seats::default();
+        for s in &self.running {
+            held.add(&s.tenant, 1 + s.forks.len());
+        }
         while budget > 0 {
-            let Some(want) = self.waiting.front().map(|s| 1 + s.forks.len()) else {
+            let candidates = self.waiting.iter().map(|s| Candidate {
+                tenant: &s.tenant,
+                resumed: s.prefix_looked_up,
+            });
+            let Some(at) = self.fair.next_to_admit(candidates, &held) else {
+                break;
+            };
+            let Some(want) = self.waiting.get(at).map(|s| 1 + s.forks.len()) else {
                 break;
             };
             if seats + want > self.cfg.max_num_seqs {
                 break;
             }
-            let Some(mut seq) = self.waiting.pop_front() else {
+            let Some(mut seq) = self.waiting.remove(at) else {
                 break;
             };
             if seq.num_computed == 0 && seq.table.is_empty() {
@@ -514,6 +539,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
             }
             budget -= n;
             seats += want;
+            held.add(&seq.tenant, want);
+            self.fair.admitted(&seq.tenant);
             self.running.push(seq);
             plan.push((self.running.len() - 1, n));
         }
@@ -666,6 +693,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 ignore_eos: parent.ignore_eos,
                 constraint: parent.constraint.clone(),
                 prefix_looked_up: true,
+                tenant: parent.tenant.clone(),
                 tx: parent.tx.clone(),
             });
             self.next_id += 1;

@@ -6,24 +6,23 @@
 pub mod errors;
 pub mod request;
 
-use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::new_id;
 use super::marking::{self, Mark, RequestMarks};
+use super::origin::Origin;
 use super::params::ChatBody;
 use super::reply::{Finish, Next, ReplyEvent, ReplyItem, ReplyStream};
 use super::AppState;
 use crate::provenance::ChoiceContent;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 type Shared = Arc<AppState>;
@@ -65,14 +64,13 @@ fn usage(input: usize, output: usize) -> Value {
 
 pub async fn create(
     State(state): State<Shared>,
-    arrival: Option<Extension<RequestArrival>>,
+    origin: Origin,
     marks: RequestMarks,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let stream = body.get("stream") == Some(&json!(true));
     let chat = parse_chat(request::chat_body(&body, false)?)?;
-    let run = chat::start(&state, chat, None, Overflow::Refuse, arrived)
+    let run = chat::start(&state, chat, None, Overflow::Refuse, &origin)
         .await
         .map_err(in_our_terms)?;
     let id = new_id("msg_");

@@ -8,12 +8,12 @@ pub mod request;
 pub mod store;
 
 use super::auth::CallerKey;
-use super::body::RequestArrival;
 use super::chat::{self, Overflow};
 use super::completions::ApiJson;
 use super::errors::ApiError;
 use super::generation::{new_id, now};
 use super::marking::{Mark, RequestMarks};
+use super::origin::Origin;
 use super::params::ChatBody;
 use super::reply::{Next, ReplyStream};
 use super::AppState;
@@ -27,7 +27,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 use store::{ChainError, Stored};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -63,12 +62,11 @@ fn owner(key: &Option<Extension<CallerKey>>) -> Option<String> {
 
 pub async fn create(
     State(state): State<Shared>,
-    arrival: Option<Extension<RequestArrival>>,
+    origin: Origin,
     key: Option<Extension<CallerKey>>,
     marks: RequestMarks,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let arrived = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let owner = owner(&key);
     let req = request::parse(&body)?;
     let mut items = match (&req.previous_response_id, state.responses.as_ref()) {
@@ -107,7 +105,7 @@ pub async fn create(
     } else {
         Overflow::Refuse
     };
-    let run = chat::start(&state, chat_body, None, overflow, arrived)
+    let run = chat::start(&state, chat_body, None, overflow, &origin)
         .await
         .map_err(in_our_terms)?;
     let store = req.store && state.responses.is_some();

@@ -2,7 +2,7 @@
 //! batch, and decode of `gen` tokens one at a time from an empty context; medians of repeats.
 use crate::engine::generate::{generate, GenerateError, GenerateOptions};
 use crate::engine::sampler::SamplingParams;
-use inhaus_models::Transformer;
+use inhaus_models::Forward;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SpeedReport {
@@ -20,17 +20,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median prefill and decode tok/s over `repeats` runs (after one warm-up that pages in the weights).
 pub fn speed(
-    model: &Transformer,
+    model: &Forward,
     prompt: usize,
     gen: usize,
     repeats: usize,
 ) -> Result<SpeedReport, GenerateError> {
     // Ordinary tokens from the middle of the vocabulary, away from special ones.
-    let lo = (model.config.vocab as u64 / 10).min(1000);
-    let span = (model.config.vocab as u64)
-        .min(30_000)
-        .saturating_sub(lo)
-        .max(1);
+    let lo = (model.vocab() as u64 / 10).min(1000);
+    let span = (model.vocab() as u64).min(30_000).saturating_sub(lo).max(1);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let prompt_ids: Vec<u32> = (0..prompt.max(1))
         .map(|_| {

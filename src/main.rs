@@ -32,9 +32,11 @@ enum Command {
     Fetch { aliases: Vec<String> },
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
-        /// Catalog alias or path to a .gguf file.
+        /// Catalog alias, .gguf file, Hugging Face folder or repo id (org/name[@revision]).
         #[arg(long, env = "INHAUS_MODEL")]
         model: Option<String>,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 128)]
@@ -60,6 +62,8 @@ enum Command {
     Tokenize {
         #[arg(long, env = "INHAUS_MODEL")]
         model: Option<String>,
+        #[command(flatten)]
+        load: LoadArgs,
         text: String,
     },
     /// Keys: `inhaus keys signing-key new --out FILE` makes the Ed25519 key that signs provenance.
@@ -91,6 +95,8 @@ enum Command {
     Bench {
         #[arg(long, env = "INHAUS_MODEL")]
         model: Option<String>,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(long, default_value_t = 512)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 128)]
@@ -98,6 +104,26 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+}
+
+/// How a model is loaded, for the commands that load one outside `serve`.
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Weights' dtype for Hugging Face checkpoints: auto, f32, f16 or bf16.
+    #[arg(long, env = "INHAUS_DTYPE", default_value = "auto")]
+    dtype: inhaus::loader::DtypeChoice,
+    /// Where Hugging Face checkpoints run: cpu, cuda or cuda:N.
+    #[arg(long, env = "INHAUS_DEVICE", default_value = "cpu")]
+    device: inhaus::loader::DeviceChoice,
+}
+
+impl LoadArgs {
+    fn options(&self) -> inhaus::loader::LoadOptions {
+        inhaus::loader::LoadOptions {
+            dtype: self.dtype,
+            device: self.device,
+        }
+    }
 }
 
 /// A key's rights and limits on the command line.
@@ -243,13 +269,22 @@ struct ServeArgs {
     host: String,
     #[arg(long, env = "INHAUS_PORT", default_value_t = 8080)]
     port: u16,
-    /// A catalog alias, a .gguf path (a folder for embedding models), or NAME=PATH; repeat to serve
-    /// several. Default: the catalog's default models (chat and embeddings), fetched if missing.
+    /// A catalog alias, a .gguf path, a Hugging Face model folder or repo id (`org/name[@revision]`,
+    /// from the Hugging Face cache), a sentence-transformers folder (embeddings), or NAME=PATH; repeat
+    /// to serve several. Default: the catalog's default models (chat and embeddings), fetched if
+    /// missing.
     #[arg(long = "model", env = "INHAUS_MODELS_SERVED", value_delimiter = ',')]
     models: Vec<String>,
     /// KV cache memory per model, e.g. 2GiB or 512MiB (default: a quarter of the available memory).
     #[arg(long, env = "INHAUS_KV_CACHE_MEMORY", value_parser = parse_size)]
     kv_cache_memory: Option<usize>,
+    /// Weights' dtype for Hugging Face checkpoints: auto (f32 on the CPU, the checkpoint's own on a
+    /// GPU), f32, f16 or bf16. GGUF models keep their quantization.
+    #[arg(long, env = "INHAUS_DTYPE", default_value = "auto")]
+    dtype: inhaus::loader::DtypeChoice,
+    /// Where Hugging Face checkpoints run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+    #[arg(long, env = "INHAUS_DEVICE", default_value = "cpu")]
+    device: inhaus::loader::DeviceChoice,
     /// Sequences in the running batch at most.
     #[arg(long, env = "INHAUS_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
@@ -356,6 +391,8 @@ struct ServeFile {
     port: Option<u16>,
     models: Option<Vec<String>>,
     kv_cache_memory: Option<String>,
+    dtype: Option<String>,
+    device: Option<String>,
     max_num_seqs: Option<usize>,
     max_num_batched_tokens: Option<usize>,
     max_waiting: Option<usize>,
@@ -410,6 +447,12 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.kv_cache_memory, unset("kv_cache_memory")) {
         args.kv_cache_memory = Some(size(&v)?);
+    }
+    if let (Some(v), true) = (f.dtype, unset("dtype")) {
+        args.dtype = v.parse().map_err(|e| anyhow::anyhow!("config file: {e}"))?;
+    }
+    if let (Some(v), true) = (f.device, unset("device")) {
+        args.device = v.parse().map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     if let (Some(v), true) = (f.max_num_seqs, unset("max_num_seqs")) {
         args.max_num_seqs = v;
@@ -550,6 +593,10 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
             max_waiting: args.max_waiting,
         },
         kv_cache_bytes: args.kv_cache_memory,
+        load: inhaus::loader::LoadOptions {
+            dtype: args.dtype,
+            device: args.device,
+        },
         api_keys: api_keys(args)?,
         request_timeout: (args.request_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(args.request_timeout_secs)),
@@ -732,6 +779,7 @@ fn main() -> Result<()> {
         }
         Command::Generate {
             model,
+            load,
             prompt,
             max_tokens,
             temperature,
@@ -742,7 +790,7 @@ fn main() -> Result<()> {
             chat,
             system,
         } => {
-            let m = loader::load(&model_name(model))?;
+            let m = loader::load_with(&model_name(model), &load.options())?;
             let ids = if chat {
                 let Some(t) = &m.chat_template else {
                     bail!("model {} has no chat template", m.name)
@@ -977,23 +1025,27 @@ fn main() -> Result<()> {
                     .unwrap_or("?")
             );
         }
-        Command::Tokenize { model, text } => {
-            let m = loader::load(&model_name(model))?;
+        Command::Tokenize { model, load, text } => {
+            let m = loader::load_with(&model_name(model), &load.options())?;
             let ids = m.tokenizer.encode(&text, false)?;
             println!("{}", serde_json::json!({ "ids": ids }));
         }
         Command::Bench {
             model,
+            load,
             prompt_tokens,
             gen_tokens,
             repeats,
         } => {
-            let m = loader::load(&model_name(model))?;
+            let m = loader::load_with(&model_name(model), &load.options())?;
             let report = inhaus::bench::speed(&m.model, prompt_tokens, gen_tokens, repeats.max(1))?;
             println!(
                 "{}",
                 serde_json::json!({
                     "model": m.name,
+                    "format": m.source.format,
+                    "dtype": m.source.dtype,
+                    "device": m.source.device,
                     "threads": threads,
                     "simd": inhaus_kernels::cpu::simd_level().name(),
                     "prompt_tokens": prompt_tokens,

@@ -24,7 +24,7 @@ fn compiler() -> &'static GrammarCompiler {
     static C: OnceLock<GrammarCompiler> = OnceLock::new();
     C.get_or_init(|| {
         let m = model(ALIAS);
-        GrammarCompiler::new(VocabEnv::new(&m.tokenizer, m.model.config.vocab)).expect("compiler")
+        GrammarCompiler::new(VocabEnv::new(&m.tokenizer, m.model.vocab())).expect("compiler")
     })
 }
 

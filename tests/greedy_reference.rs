@@ -9,7 +9,7 @@ use common::*;
 use inhaus::engine::generate::{generate, GenerateOptions};
 use inhaus::engine::sampler::{argmax, log_softmax, SamplingParams, TokenLogprobs};
 use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
-use inhaus_models::{Batch, KvCache, LogitsWanted, SeqChunk, Transformer};
+use inhaus_models::{Batch, LogitsWanted, SeqChunk};
 
 /// Tolerances for top-5 log-probabilities against llama.cpp, in nats: (max, mean), per model. Both
 /// runtimes re-quantize the activations to 8 bits before every matmul, so a different summation order
@@ -171,10 +171,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> GenerationRequest {
 }
 
 /// Runs `req` alone to completion on `engine`: its tokens and their log-probabilities.
-fn run(
-    engine: &mut Engine<'_, Transformer>,
-    req: GenerationRequest,
-) -> (Vec<u32>, Vec<TokenLogprobs>) {
+fn run(engine: &mut Engine<'_>, req: GenerationRequest) -> (Vec<u32>, Vec<TokenLogprobs>) {
     let (tx, rx) = std::sync::mpsc::channel();
     engine
         .add_request(req, tx, CancelHandle::new(1))
@@ -226,7 +223,7 @@ fn check_model(alias: &str) {
         let mut seq = prompt_ids.clone();
         seq.extend(steps.iter().take(n - 1).map(|s| s.token));
         let blocks = seq.len().div_ceil(16);
-        let mut cache = KvCache::new(m.model.config.kv_shape(16, blocks));
+        let mut cache = m.model.new_cache(16, blocks).expect("cache");
         let table: Vec<u32> = (0..blocks as u32).collect();
         let batch = Batch {
             seqs: vec![SeqChunk {

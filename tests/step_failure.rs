@@ -18,7 +18,9 @@ impl StepModel for PoisonModel {
     fn context_len(&self) -> usize {
         256
     }
-    fn new_cache(&self, _block_size: usize, _num_blocks: usize) {}
+    fn new_cache(&self, _block_size: usize, _num_blocks: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
     fn forward(&self, batch: &Batch, _cache: &mut ()) -> Result<StepLogits, ModelError> {
         let mut values = Vec::new();
         let mut seq_rows = Vec::new();
@@ -44,7 +46,9 @@ impl StepModel for PoisonModel {
             seq_rows,
         })
     }
-    fn copy_block(_cache: &mut (), _src: u32, _dst: u32) {}
+    fn copy_block(_cache: &mut (), _src: u32, _dst: u32) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! What one forward step computes: for each sequence, its new tokens (a prefill chunk or a single decode
 //! token), the position of the first, the KV blocks that hold (and will hold) its context, and which
 //! logits the caller wants back.
+use crate::error::ModelError;
+use crate::Result;
 
 /// Which positions of a sequence's chunk need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +35,68 @@ pub struct Batch<'a> {
 impl<'a> Batch<'a> {
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+
+    /// Checks that every sequence has tokens inside a vocabulary of `vocab` and a block table of
+    /// valid blocks (of a cache with `num_blocks` blocks of `block_size`) long enough for them.
+    pub fn validate(&self, vocab: usize, block_size: usize, num_blocks: usize) -> Result<()> {
+        for (i, s) in self.seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i} has no tokens"
+                )));
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "token id {t} is outside the vocabulary of {vocab}"
+                )));
+            }
+            let end = s.start_pos + s.tokens.len();
+            if s.block_table.len() * block_size < end {
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i}: block table too short for {end} positions"
+                )));
+            }
+            if s.block_table.iter().any(|&b| b as usize >= num_blocks) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "sequence {i}: block id out of range"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache slot of every token of the batch, in order (`block_size` slots per block).
+    pub fn slots(&self, block_size: usize) -> Vec<u32> {
+        let mut slots = Vec::with_capacity(self.num_tokens());
+        for s in &self.seqs {
+            for p in s.start_pos..s.start_pos + s.tokens.len() {
+                slots.push(
+                    s.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32,
+                );
+            }
+        }
+        slots
+    }
+
+    /// For each sequence, the rows of its logits the caller wants (indices into the batch's
+    /// tokens), and every wanted row in order.
+    pub fn wanted_rows(&self) -> (Vec<(usize, usize)>, Vec<usize>) {
+        let mut seq_rows = Vec::with_capacity(self.seqs.len());
+        let mut wanted = Vec::new();
+        let mut start = 0;
+        for s in &self.seqs {
+            let len = s.tokens.len();
+            let first = wanted.len();
+            match s.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => wanted.push(start + len - 1),
+                LogitsWanted::All => wanted.extend(start..start + len),
+            }
+            seq_rows.push((first, wanted.len() - first));
+            start += len;
+        }
+        (seq_rows, wanted)
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ModelError {
     MissingTensor(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    #[error("model backend: {0}")]
+    Backend(String),
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
 }

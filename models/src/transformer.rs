@@ -2,7 +2,7 @@
 //! RoPE over the paged cache → optional post-norm → residual; RMSNorm → gated MLP → optional post-norm
 //! → residual), final RMSNorm and output head. Architectures differ only in the [`ModelConfig`] and the
 //! optional tensors they carry (see [`crate::arch`]).
-use crate::batch::{Batch, LogitsWanted, StepLogits};
+use crate::batch::{Batch, StepLogits};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvCacheShape};
@@ -199,34 +199,7 @@ impl Transformer {
                 "KV cache shape does not fit the model".into(),
             ));
         }
-        for (i, s) in batch.seqs.iter().enumerate() {
-            if s.tokens.is_empty() {
-                return Err(ModelError::InvalidBatch(format!(
-                    "sequence {i} has no tokens"
-                )));
-            }
-            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(ModelError::InvalidBatch(format!(
-                    "token id {t} is outside the vocabulary of {}",
-                    c.vocab
-                )));
-            }
-            let end = s.start_pos + s.tokens.len();
-            if s.block_table.len() * shape.block_size < end {
-                return Err(ModelError::InvalidBatch(format!(
-                    "sequence {i}: block table too short for {end} positions"
-                )));
-            }
-            if s.block_table
-                .iter()
-                .any(|&b| b as usize >= shape.num_blocks)
-            {
-                return Err(ModelError::InvalidBatch(format!(
-                    "sequence {i}: block id out of range"
-                )));
-            }
-        }
-        Ok(())
+        batch.validate(c.vocab, shape.block_size, shape.num_blocks)
     }
 
     /// Runs one step: writes every new token's K/V into its cache slot and returns the wanted logits.
@@ -355,20 +328,7 @@ impl Transformer {
         }
 
         // Final norm and output head, only for the rows the caller wants.
-        let mut seq_rows = Vec::with_capacity(batch.seqs.len());
-        let mut wanted = Vec::new();
-        let mut start = 0;
-        for s in &batch.seqs {
-            let len = s.tokens.len();
-            let rows: Vec<usize> = match s.logits {
-                LogitsWanted::None => vec![],
-                LogitsWanted::Last => vec![start + len - 1],
-                LogitsWanted::All => (start..start + len).collect(),
-            };
-            seq_rows.push((wanted.len(), rows.len()));
-            wanted.extend(rows);
-            start += len;
-        }
+        let (seq_rows, wanted) = batch.wanted_rows();
         let r = wanted.len();
         let h = sized(&mut sc.h, r * c.hidden);
         for (dst, &src) in h.chunks_exact_mut(c.hidden).zip(&wanted) {

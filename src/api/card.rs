@@ -55,7 +55,7 @@ pub fn card(state: &AppState, models: &Models) -> Value {
         .iter()
         .map(|(name, m)| {
             let l = &m.loaded;
-            let c = &l.model.config;
+            let c = &l.model;
             let alias = l.resolved.entry.map(|e| e.alias.as_str());
             let mut v = catalog_facts(name, alias);
             v["name"] = json!(name);
@@ -67,11 +67,11 @@ pub fn card(state: &AppState, models: &Models) -> Value {
             v["path"] = json!(l.resolved.path.display().to_string());
             v["weights_sha256"] = json!(l.weights_sha256.get());
             v["quantization"] = json!(l.quantization);
-            v["architecture"] = json!(c.architecture);
-            v["context_length"] = json!(c.context_len);
+            v["architecture"] = json!(c.architecture());
+            v["context_length"] = json!(c.context_len());
             v["max_sequence_length"] = json!(m.max_sequence_len());
-            v["layers"] = json!(c.n_layers);
-            v["vocabulary"] = json!(c.vocab);
+            v["layers"] = json!(c.n_layers());
+            v["vocabulary"] = json!(c.vocab());
             v["kv_cache_blocks"] = json!(m.limits.num_blocks);
             v
         })

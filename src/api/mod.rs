@@ -60,7 +60,7 @@ impl ServedModel {
     /// The longest sequence (prompt + completion) one request can have: the model's context, or
     /// less when the KV cache holds fewer tokens.
     pub fn max_sequence_len(&self) -> usize {
-        let ctx = self.loaded.model.config.context_len;
+        let ctx = self.loaded.model.context_len();
         match self.limits.num_blocks * self.limits.block_size {
             0 => ctx,
             pool => ctx.min(pool),
@@ -197,6 +197,8 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// KV cache memory per model; `None`: a quarter of the memory available at start.
     pub kv_cache_bytes: Option<usize>,
+    /// dtype and device of Hugging Face checkpoints.
+    pub load: loader::LoadOptions,
     pub api_keys: Vec<String>,
     pub request_timeout: Option<Duration>,
     pub max_body_bytes: usize,
@@ -243,7 +245,7 @@ enum Loaded {
 
 /// Loads one `--model` argument: `NAME=PATH` renames; embedding models are catalog entries with
 /// task `embeddings`, or folders / safetensors files.
-fn load_one(arg: &str) -> anyhow::Result<Loaded> {
+fn load_one(arg: &str, opts: &loader::LoadOptions) -> anyhow::Result<Loaded> {
     let (name, target) = match arg.split_once('=') {
         Some((n, p)) if !n.is_empty() && !p.is_empty() => (Some(n.to_string()), p),
         _ => (None, arg),
@@ -257,7 +259,8 @@ fn load_one(arg: &str) -> anyhow::Result<Loaded> {
         Some(e) => e.task.as_deref() == Some("embeddings"),
         None => {
             let p = Path::new(target);
-            p.is_dir() || p.extension().is_some_and(|x| x == "safetensors")
+            (p.is_dir() && !loader::is_hf_decoder_folder(p))
+                || p.extension().is_some_and(|x| x == "safetensors")
         }
     };
     if is_embedding {
@@ -279,7 +282,8 @@ fn load_one(arg: &str) -> anyhow::Result<Loaded> {
         .with_context(|| format!("loading embedding model {target}"))?;
         return Ok(Loaded::Embedding(Box::new(e)));
     }
-    let mut m = loader::load(target).with_context(|| format!("loading model {target}"))?;
+    let mut m =
+        loader::load_with(target, opts).with_context(|| format!("loading model {target}"))?;
     if let Some(n) = name {
         m.name = n;
     }
@@ -292,7 +296,7 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
         .kv_cache_bytes
         .unwrap_or_else(|| default_kv_cache_bytes(cfg.models.len()));
     for arg in &cfg.models {
-        match load_one(arg)? {
+        match load_one(arg, &cfg.load)? {
             Loaded::Embedding(e) => {
                 let name = e.name().to_string();
                 if models.embedders.contains_key(&name) || models.generative.contains_key(&name) {
@@ -313,11 +317,11 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                     anyhow::bail!("two models are named `{name}`; rename one with NAME=PATH");
                 }
                 let loaded: Arc<LoadedModel> = Arc::from(m);
-                let c = &loaded.model.config;
+                let m = &loaded.model;
                 let mut ecfg = cfg.engine.clone();
-                let per_block = c.kv_shape(ecfg.block_size, 1).bytes_per_block();
+                let per_block = m.kv_bytes_per_block(ecfg.block_size);
                 // The memory budget, but never more blocks than every sequence at full context needs.
-                let cap = (c.context_len * ecfg.max_num_seqs).div_ceil(ecfg.block_size);
+                let cap = (m.context_len() * ecfg.max_num_seqs).div_ceil(ecfg.block_size);
                 ecfg.num_blocks = (kv_bytes / per_block).clamp(1, cap.max(1));
                 tracing::info!(
                     model = %name,
@@ -329,7 +333,7 @@ fn load_all(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<Models> {
                 state
                     .engine_metrics
                     .cache_config(&name, ecfg.block_size, ecfg.num_blocks);
-                let grammars = GrammarCompiler::new(VocabEnv::new(&loaded.tokenizer, c.vocab))
+                let grammars = GrammarCompiler::new(VocabEnv::new(&loaded.tokenizer, m.vocab()))
                     .context("setting up constrained decoding")?;
                 let limits = ecfg.clone();
                 let engine = EngineHandle::spawn(

@@ -173,8 +173,12 @@ pub fn validate(
             ));
         }
     }
+    // Where the request sets no sampling value, the checkpoint's `generation_config.json` does (as
+    // vLLM's `--generation-config auto`), else OpenAI's defaults.
+    let defaults = served.loaded.generation_defaults;
     let top_k = match c.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => defaults.top_k.unwrap_or(0) as usize,
+        Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => {
             return Err(ApiError::invalid(
@@ -221,7 +225,7 @@ pub fn validate(
             Some("stop"),
         ));
     }
-    let vocab = served.loaded.model.config.vocab;
+    let vocab = served.loaded.model.vocab();
     let mut logit_bias = Vec::new();
     for (k, &v) in c.logit_bias.iter().flatten() {
         let id = k.parse::<u32>().ok().filter(|&t| (t as usize) < vocab);
@@ -241,9 +245,9 @@ pub fn validate(
     }
     logit_bias.sort_by_key(|&(t, _)| t);
     let sampling = SamplingParams {
-        temperature: c.temperature.unwrap_or(1.0),
+        temperature: c.temperature.or(defaults.temperature).unwrap_or(1.0),
         top_k,
-        top_p: c.top_p.unwrap_or(1.0),
+        top_p: c.top_p.or(defaults.top_p).unwrap_or(1.0),
         min_p: c.min_p.unwrap_or(0.0),
         seed: c.seed.map(|s| s as u64),
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
@@ -330,7 +334,7 @@ pub fn token_prompt(
     ids: &[Value],
     param: &'static str,
 ) -> Result<Vec<u32>, ApiError> {
-    let vocab = served.loaded.model.config.vocab as u64;
+    let vocab = served.loaded.model.vocab() as u64;
     ids.iter()
         .map(|v| match v.as_u64() {
             Some(t) if t < vocab => Ok(t as u32),

@@ -36,7 +36,7 @@ pub async fn run_plain<T: Send + 'static>(
 /// A 400 (`context_length_exceeded`) when `bytes` of prompt text are certainly more tokens than
 /// the model's context holds; checked before tokenizing.
 pub fn check_prompt_bytes(served: &ServedModel, bytes: usize) -> Result<(), ApiError> {
-    let ctx = served.loaded.model.config.context_len;
+    let ctx = served.loaded.model.context_len();
     if served.loaded.tokenizer.surely_longer_than(bytes, ctx) {
         return Err(ApiError::context_too_long(format!(
             "This model's maximum context length is {ctx} tokens; the prompt's {bytes} bytes of text are more than that many tokens. Please shorten the prompt."

@@ -137,8 +137,25 @@ async fn system_card(
     }
 }
 
-fn model_object(id: &str, created: u64) -> Value {
-    json!({ "id": id, "object": "model", "created": created, "owned_by": "inhaus" })
+/// A `/v1/models` entry: OpenAI's fields, and where the model came from and how it runs (source,
+/// format, dtype, device, context length) as extension fields.
+fn model_object(models: &super::Models, id: &str) -> Value {
+    let mut v =
+        json!({ "id": id, "object": "model", "created": models.loaded_at, "owned_by": "inhaus" });
+    if let Some(m) = models.generative.get(id) {
+        let s = &m.loaded.source;
+        v["source"] = json!({ "kind": s.kind, "location": s.location, "revision": s.revision });
+        v["format"] = json!(s.format);
+        v["dtype"] = json!(s.dtype);
+        v["device"] = json!(s.device);
+        v["context_length"] = json!(m.loaded.model.context_len());
+    } else if let Some(e) = models.embedders.get(id) {
+        v["format"] = json!("safetensors");
+        v["dtype"] = json!("f32");
+        v["device"] = json!("cpu");
+        v["context_length"] = json!(e.embedder.max_seq_length());
+    }
+    v
 }
 
 async fn list_models(
@@ -152,7 +169,7 @@ async fn list_models(
         .keys()
         .chain(models.embedders.keys())
         .filter(allowed)
-        .map(|id| model_object(id, models.loaded_at))
+        .map(|id| model_object(models, id))
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
@@ -165,7 +182,7 @@ async fn get_model(
     let models = state.models()?;
     let allowed = key.as_ref().is_none_or(|k| k.0.may_use(&id));
     if allowed && (models.generative.contains_key(&id) || models.embedders.contains_key(&id)) {
-        Ok(Json(model_object(&id, models.loaded_at)).into_response())
+        Ok(Json(model_object(models, &id)).into_response())
     } else {
         Err(ApiError::model_not_found(&id))
     }

@@ -19,6 +19,8 @@ pub struct TokenizeBody {
     messages: Option<Vec<Value>>,
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
+    /// Tool definitions the chat template renders (as in a chat completion request).
+    tools: Option<Value>,
     return_token_strs: Option<bool>,
 }
 
@@ -54,9 +56,12 @@ pub async fn tokenize(
                 tok.encode(p, body.add_special_tokens.unwrap_or(true))
                     .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))
             }
-            (None, Some(m)) => {
-                params::chat_prompt(served, m, body.add_generation_prompt.unwrap_or(true), None)
-            }
+            (None, Some(m)) => params::chat_prompt(
+                served,
+                m,
+                body.add_generation_prompt.unwrap_or(true),
+                body.tools.as_ref(),
+            ),
             _ => Err(ApiError::invalid(
                 "Give either `prompt` or `messages`.",
                 Some("prompt"),
@@ -70,7 +75,7 @@ pub async fn tokenize(
         });
         Ok(json!({
             "count": ids.len(),
-            "max_model_len": served.loaded.model.config.context_len,
+            "max_model_len": served.loaded.model.context_len(),
             "tokens": ids,
             "token_strs": strs,
         }))

@@ -84,7 +84,7 @@ pub fn generate<M: StepModel>(
         });
     }
     let cfg = one_request_config(total, opts.prefill_chunk);
-    let mut engine = Engine::new(model, cfg);
+    let mut engine = Engine::try_new(model, cfg)?;
     let req = GenerationRequest {
         sampling: opts.sampling.clone(),
         stop_ids: opts.stop_ids.clone(),

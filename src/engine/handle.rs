@@ -57,13 +57,18 @@ impl EngineHandle {
         metrics: EngineMetrics,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
-        let (warm_tx, warm_rx) = mpsc::channel::<()>();
+        let (warm_tx, warm_rx) = mpsc::channel::<Result<(), String>>();
         let name = format!("inhaus-engine-{}", model.name);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || run(&model, cfg, metrics, rx, warm_tx))?;
-        // The engine is ready once its cache is mapped and one forward has run (or it failed).
-        let _ = warm_rx.recv();
+        // The engine is ready once its cache is allocated and one forward has run (or it failed).
+        if let Ok(Err(e)) = warm_rx.recv() {
+            let _ = thread.join();
+            return Err(std::io::Error::other(format!(
+                "allocating the KV cache: {e}"
+            )));
+        }
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -114,7 +119,7 @@ fn warm_up(engine: &mut Engine, model: &LoadedModel, cfg: &EngineConfig) {
     };
     let budget = cfg
         .max_num_batched_tokens
-        .min(model.model.config.context_len / 2)
+        .min(model.model.context_len() / 2)
         .max(1);
     prompt.truncate(budget);
     // As many choices as a busy server decodes at once (16 streams is the load the README
@@ -137,15 +142,22 @@ fn run(
     cfg: EngineConfig,
     metrics: EngineMetrics,
     rx: Receiver<Command>,
-    warm: Sender<()>,
+    warm: Sender<Result<(), String>>,
 ) {
-    let mut engine = Engine::new(&model.model, cfg.clone());
+    let mut engine = match Engine::try_new(&model.model, cfg.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(model = %model.name, "allocating the KV cache: {e}");
+            let _ = warm.send(Err(e.to_string()));
+            return;
+        }
+    };
     let started = std::time::Instant::now();
     warm_up(&mut engine, model, &cfg);
     metrics.warmup.set(started.elapsed().as_secs_f64());
     // Counters start after the warm-up: it is not a user's request.
     let mut engine = engine.with_metrics(metrics);
-    let _ = warm.send(());
+    let _ = warm.send(Ok(()));
     let mut open = true;
     loop {
         // Take every queued command; block only when there is nothing to compute.

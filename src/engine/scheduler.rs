@@ -12,7 +12,7 @@ use super::fair_share::{Candidate, FairShare, Seats, Tenant};
 use super::metrics::EngineMetrics;
 use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
 use super::step_model::StepModel;
-use inhaus_models::{Batch, LogitsWanted, ModelError, SeqChunk, StepLogits, Transformer};
+use inhaus_models::{Batch, Forward, LogitsWanted, ModelError, SeqChunk, StepLogits};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -236,7 +236,7 @@ struct StepPlan {
 /// The most choices one request may ask for.
 pub const MAX_CHOICES: usize = 128;
 
-pub struct Engine<'m, M: StepModel = Transformer> {
+pub struct Engine<'m, M: StepModel = Forward> {
     model: &'m M,
     cache: M::Cache,
     pool: BlockPool,
@@ -251,10 +251,22 @@ pub struct Engine<'m, M: StepModel = Transformer> {
 }
 
 impl<'m, M: StepModel> Engine<'m, M> {
+    /// An engine over `model` with a new KV cache of `cfg`'s size.
+    ///
+    /// # Panics
+    /// When the cache cannot be allocated (test and benchmark set-ups; servers use [`Self::try_new`]).
     pub fn new(model: &'m M, cfg: EngineConfig) -> Self {
-        let cache = model.new_cache(cfg.block_size, cfg.num_blocks);
+        match Self::try_new(model, cfg) {
+            Ok(e) => e,
+            Err(e) => panic!("allocating the KV cache: {e}"),
+        }
+    }
+
+    /// An engine over `model`, or the error of allocating its KV cache.
+    pub fn try_new(model: &'m M, cfg: EngineConfig) -> Result<Self, ModelError> {
+        let cache = model.new_cache(cfg.block_size, cfg.num_blocks)?;
         let pool = BlockPool::new(cfg.num_blocks, cfg.block_size);
-        Self {
+        Ok(Self {
             model,
             cache,
             pool,
@@ -265,7 +277,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             metrics: EngineMetrics::default(),
             synced_prefix: PrefixCacheStats::default(),
             fair: FairShare::default(),
-        }
+        })
     }
 
     /// Reports into `metrics` (shared with the API's registry) from now on.
@@ -711,7 +723,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
             return Ok(0);
         }
         for &(src, dst) in &copies {
-            M::copy_block(&mut self.cache, src.0, dst.0);
+            M::copy_block(&mut self.cache, src.0, dst.0)?;
         }
         match self.execute(plan.clone()) {
             Ok(n) => Ok(n),

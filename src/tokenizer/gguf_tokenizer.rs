@@ -43,6 +43,22 @@ const TYPE_NORMAL: i32 = 1;
 const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
+/// What a tokenizer source (GGUF metadata, Hugging Face files) provides.
+pub(super) struct TokenizerParts {
+    pub tokenizer: Tokenizer,
+    /// Token text by id.
+    pub tokens: Vec<String>,
+    /// Added tokens: their text is literal.
+    pub literal: Vec<bool>,
+    /// Control tokens: markup, skipped when decoding for display.
+    pub control: Vec<bool>,
+    pub kind: TokenizerKind,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub stop_ids: Vec<u32>,
+    pub add_bos: bool,
+}
+
 /// A model's tokenizer plus the ids and flags generation needs.
 pub struct ModelTokenizer {
     pub tokenizer: Tokenizer,
@@ -100,7 +116,7 @@ fn byte_level_char_to_byte(c: char) -> Option<u8> {
 
 /// Token texts llama.cpp treats as end-of-generation, and as control tokens even where the file
 /// marks them normal (so `</s>` written in text is one token for Qwen, as llama.cpp parses it).
-const EOG_TEXTS: &[&str] = &[
+pub(super) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
@@ -286,24 +302,39 @@ impl ModelTokenizer {
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
             .collect();
         let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        let control_ids = (0..control.len() as u32)
-            .filter(|&i| control[i as usize])
-            .collect();
-        let mut plain = tokenizer.clone();
-        plain.set_encode_special_tokens(true);
-        let mut this = Self {
-            plain,
-            kind,
+        Ok(Self::assemble(TokenizerParts {
+            tokenizer,
+            tokens,
             literal,
             control,
-            control_ids,
-            tokenizer,
+            kind,
             bos_id,
             eos_id,
             stop_ids,
             add_bos,
-            vocab_size: tokens.len(),
-            tokens,
+        }))
+    }
+
+    /// The tokenizer with its derived tables (plain-text twin, control ids, longest token).
+    pub(super) fn assemble(p: TokenizerParts) -> Self {
+        let control_ids = (0..p.control.len() as u32)
+            .filter(|&i| p.control[i as usize])
+            .collect();
+        let mut plain = p.tokenizer.clone();
+        plain.set_encode_special_tokens(true);
+        let mut this = Self {
+            plain,
+            kind: p.kind,
+            literal: p.literal,
+            control: p.control,
+            control_ids,
+            tokenizer: p.tokenizer,
+            bos_id: p.bos_id,
+            eos_id: p.eos_id,
+            stop_ids: p.stop_ids,
+            add_bos: p.add_bos,
+            vocab_size: p.tokens.len(),
+            tokens: p.tokens,
             max_token_bytes: 1,
         };
         this.max_token_bytes = (0..this.vocab_size as u32)
@@ -311,7 +342,7 @@ impl ModelTokenizer {
             .max()
             .unwrap_or(1)
             .max(1);
-        Ok(this)
+        this
     }
 
     /// Whether a text of `bytes` bytes is certainly more than `limit` tokens (without tokenizing).

@@ -42,11 +42,11 @@ impl StepModel for FakeModel {
     fn context_len(&self) -> usize {
         self.context_len
     }
-    fn new_cache(&self, block_size: usize, num_blocks: usize) -> FakeCache {
-        FakeCache {
+    fn new_cache(&self, block_size: usize, num_blocks: usize) -> Result<FakeCache, ModelError> {
+        Ok(FakeCache {
             block_size,
             slots: vec![u32::MAX; block_size * num_blocks],
-        }
+        })
     }
     fn forward(&self, batch: &Batch, cache: &mut FakeCache) -> Result<StepLogits, ModelError> {
         let bs = cache.block_size;
@@ -92,9 +92,10 @@ impl StepModel for FakeModel {
             seq_rows,
         })
     }
-    fn copy_block(cache: &mut FakeCache, src: u32, dst: u32) {
+    fn copy_block(cache: &mut FakeCache, src: u32, dst: u32) -> Result<(), ModelError> {
         let bs = cache.block_size;
         let (s, d) = (src as usize * bs, dst as usize * bs);
         cache.slots.copy_within(s..s + bs, d);
+        Ok(())
     }
 }

@@ -1,0 +1,270 @@
+//! The device-generic decoder on candle tensors: the second model backend, for Hugging Face
+//! safetensors checkpoints (and, through the same code, any device candle runs on). One batched
+//! forward over the engine's [`Batch`] — mixed prefill and decode of several sequences — with the KV
+//! cache paged in device tensors ([`PagedKv`]).
+//!
+//! - [`spec`]: the architecture description; [`hf_config`]: `config.json` into it.
+//! - [`rope`]: RoPE frequencies and their scalings.
+//! - [`weights`]: safetensors into (fused) device tensors.
+//! - [`paged_kv`]: the cache; [`attention`]: one sequence's attention over it.
+pub mod attention;
+pub mod hf_config;
+pub mod paged_kv;
+pub mod rope;
+pub mod spec;
+pub mod weights;
+
+use crate::batch::{Batch, StepLogits};
+use crate::error::ModelError;
+use crate::Result;
+use attention::{seq_attention, AttnParams, SeqAttn};
+use candle_core::{DType, Device, Tensor, D};
+pub use paged_kv::PagedKv;
+pub use spec::{Act, DecoderSpec};
+use std::path::Path;
+use weights::{load_hf, safetensors_files, DecoderWeights, SafetensorsSource};
+
+fn backend(e: candle_core::Error) -> ModelError {
+    ModelError::Backend(e.to_string())
+}
+
+/// A loaded candle decoder. `forward` is `&self`: the weights are shared, the cache is the caller's.
+pub struct CandleDecoder {
+    pub spec: DecoderSpec,
+    pub dtype: DType,
+    pub device: Device,
+    weights: DecoderWeights,
+}
+
+/// RMSNorm in f32 over the last dimension, back in `dtype`.
+fn norm(x: &Tensor, w: &Tensor, eps: f64, dtype: DType) -> candle_core::Result<Tensor> {
+    candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, w, eps as f32)?.to_dtype(dtype)
+}
+
+/// `scale` as the dtype stores it (Hugging Face multiplies by a scalar tensor of the model's dtype).
+fn in_dtype(scale: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(scale).to_f64(),
+        DType::F16 => half::f16::from_f64(scale).to_f64(),
+        _ => scale,
+    }
+}
+
+impl CandleDecoder {
+    /// Loads a Hugging Face folder (`config.json` and safetensors) in `dtype` onto `device`.
+    pub fn load_hf(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = dir.join("config.json");
+        let text = std::fs::read_to_string(&config).map_err(|source| ModelError::Io {
+            path: config.display().to_string(),
+            source,
+        })?;
+        let files = safetensors_files(dir).map_err(ModelError::Unsupported)?;
+        let src = SafetensorsSource::open(&files, dtype, device).map_err(backend)?;
+        let spec = hf_config::spec_from_hf_config(&text, src.has("lm_head.weight"))
+            .map_err(ModelError::Unsupported)?;
+        let weights = load_hf(&src, &spec).map_err(backend)?;
+        Ok(Self {
+            spec,
+            dtype,
+            device: device.clone(),
+            weights,
+        })
+    }
+
+    /// Bytes one KV block of `block_size` tokens takes across all layers.
+    pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        let s = &self.spec;
+        PagedKv::bytes_per_block(s.n_layers, s.n_kv_heads, s.head_dim, block_size, self.dtype)
+    }
+
+    pub fn new_cache(&self, block_size: usize, num_blocks: usize) -> Result<PagedKv> {
+        let s = &self.spec;
+        PagedKv::new(
+            s.n_layers,
+            s.n_kv_heads,
+            s.head_dim,
+            block_size,
+            num_blocks,
+            self.dtype,
+            &self.device,
+        )
+        .map_err(backend)
+    }
+
+    /// cos and sin (`[tokens, rotary_dims / 2]`, the model's dtype) of every RoPE table.
+    fn rope_tables(&self, positions: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        self.spec
+            .ropes
+            .iter()
+            .map(|r| {
+                let n = r.inv_freq.len();
+                let inv = Tensor::from_slice(&r.inv_freq, (1, n), &self.device)?;
+                let freqs = positions.broadcast_mul(&inv)?;
+                let f = r.attention_factor as f64;
+                let cos = (freqs.cos()? * f)?.to_dtype(self.dtype)?;
+                let sin = (freqs.sin()? * f)?.to_dtype(self.dtype)?;
+                Ok((cos, sin))
+            })
+            .collect()
+    }
+
+    /// RoPE on `x` (`[tokens, heads, head_dim]`).
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let s = &self.spec;
+        let rot = |x: &Tensor| -> candle_core::Result<Tensor> {
+            if s.rope_interleaved {
+                let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+                    .squeeze(0)?
+                    .transpose(0, 1)
+            } else {
+                candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, cos, sin)?
+                    .squeeze(0)
+            }
+        };
+        if s.rotary_dims == s.head_dim {
+            rot(x)?.contiguous()
+        } else {
+            let head = rot(&x.narrow(D::Minus1, 0, s.rotary_dims)?)?;
+            let tail = x.narrow(D::Minus1, s.rotary_dims, s.head_dim - s.rotary_dims)?;
+            Tensor::cat(&[&head, &tail], D::Minus1)?.contiguous()
+        }
+    }
+
+    /// Runs one step: writes every new token's K/V into its cache slot and returns the wanted logits.
+    pub fn forward(&self, batch: &Batch, cache: &mut PagedKv) -> Result<StepLogits> {
+        let s = &self.spec;
+        if cache.n_layers() != s.n_layers
+            || cache.n_kv_heads != s.n_kv_heads
+            || cache.head_dim != s.head_dim
+        {
+            return Err(ModelError::InvalidBatch(
+                "KV cache shape does not fit the model".into(),
+            ));
+        }
+        batch.validate(s.vocab, cache.block_size, cache.num_blocks)?;
+        self.forward_checked(batch, cache).map_err(backend)
+    }
+
+    fn forward_checked(&self, batch: &Batch, cache: &PagedKv) -> candle_core::Result<StepLogits> {
+        let s = &self.spec;
+        let dev = &self.device;
+        let n = batch.num_tokens();
+        let (hd, nh, nkv) = (s.head_dim, s.n_heads, s.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        if n == 0 {
+            return Ok(StepLogits {
+                vocab: s.vocab,
+                values: Vec::new(),
+                seq_rows: vec![(0, 0); batch.seqs.len()],
+            });
+        }
+
+        let mut ids = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(batch.seqs.len());
+        for c in &batch.seqs {
+            seqs.push(SeqAttn {
+                row: ids.len(),
+                n_tokens: c.tokens.len(),
+                start_pos: c.start_pos,
+                block_table: c.block_table,
+            });
+            ids.extend_from_slice(c.tokens);
+            positions.extend((c.start_pos..c.start_pos + c.tokens.len()).map(|p| p as f32));
+        }
+        let slots = Tensor::from_vec(batch.slots(cache.block_size), n, dev)?;
+        let positions = Tensor::from_vec(positions, (n, 1), dev)?;
+        let ropes = self.rope_tables(&positions)?;
+        let ids = Tensor::from_vec(ids, n, dev)?;
+
+        let w = &self.weights;
+        let mut x = w.embed.index_select(&ids, 0)?;
+        if let Some(scale) = s.embed_scale {
+            x = (x * in_dtype(scale, self.dtype))?;
+        }
+        for (li, (lw, la)) in w.layers.iter().zip(&s.layers).enumerate() {
+            let h = norm(&x, &lw.attn_norm, s.rms_eps, self.dtype)?;
+            let qkv = lw.qkv.forward(&h)?;
+            let mut q = qkv.narrow(1, 0, qd)?.contiguous()?.reshape((n, nh, hd))?;
+            let mut k = qkv
+                .narrow(1, qd, kvd)?
+                .contiguous()?
+                .reshape((n, nkv, hd))?;
+            let v = qkv
+                .narrow(1, qd + kvd, kvd)?
+                .contiguous()?
+                .reshape((n, nkv, hd))?;
+            if let Some(wn) = &lw.q_norm {
+                q = norm(&q, wn, s.rms_eps, self.dtype)?;
+            }
+            if let Some(wn) = &lw.k_norm {
+                k = norm(&k, wn, s.rms_eps, self.dtype)?;
+            }
+            let (cos, sin) = &ropes[la.rope];
+            let q = self.rope(&q, cos, sin)?;
+            let k = self.rope(&k, cos, sin)?;
+            cache.write(li, &slots, &k, &v)?;
+            let params = AttnParams {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                scale: s.attn_scale,
+                softcap: s.attn_softcap,
+                window: la.window,
+            };
+            let outs = seqs
+                .iter()
+                .map(|sq| {
+                    let qs = q.narrow(0, sq.row, sq.n_tokens)?;
+                    seq_attention(&qs, sq, cache, li, &params)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let attn = Tensor::cat(&outs, 0)?.to_dtype(self.dtype)?;
+            let mut o = lw.o.forward(&attn)?;
+            if let Some(wn) = &lw.post_attn_norm {
+                o = norm(&o, wn, s.rms_eps, self.dtype)?;
+            }
+            x = (x + o)?;
+
+            let h = norm(&x, &lw.ffn_norm, s.rms_eps, self.dtype)?;
+            let gu = lw.gate_up.forward(&h)?;
+            let gate = gu.narrow(1, 0, s.ffn)?;
+            let up = gu.narrow(1, s.ffn, s.ffn)?;
+            let gate = match s.act {
+                Act::Silu => gate.silu()?,
+                Act::GeluTanh => gate.gelu()?,
+                Act::GeluErf => gate.gelu_erf()?,
+            };
+            let mut o = lw.down.forward(&(gate * up)?)?;
+            if let Some(wn) = &lw.post_ffn_norm {
+                o = norm(&o, wn, s.rms_eps, self.dtype)?;
+            }
+            x = (x + o)?;
+        }
+
+        // Final norm and output head, only for the rows the caller wants.
+        let (seq_rows, wanted) = batch.wanted_rows();
+        let mut values = Vec::new();
+        if !wanted.is_empty() {
+            let rows: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
+            let rows = Tensor::from_vec(rows, wanted.len(), dev)?;
+            let h = norm(
+                &x.index_select(&rows, 0)?,
+                &w.final_norm,
+                s.rms_eps,
+                self.dtype,
+            )?;
+            let mut logits = h.matmul(&w.lm_head.t()?)?.to_dtype(DType::F32)?;
+            if let Some(cap) = s.final_softcap {
+                logits = ((logits / cap)?.tanh()? * cap)?;
+            }
+            values = logits.flatten_all()?.to_vec1::<f32>()?;
+        }
+        Ok(StepLogits {
+            vocab: s.vocab,
+            values,
+            seq_rows,
+        })
+    }
+}

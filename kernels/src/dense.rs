@@ -187,12 +187,26 @@ pub fn linear(
 }
 
 fn gemm_block(a: &[f32], mb: usize, w: &PackedLinear, c: &mut [f32], lvl: Level) {
+    gemm_panels(a, mb, w, 0..w.n.div_ceil(NR), c, w.n, lvl);
+}
+
+/// `c[mb, cols] = a[mb, k] · Wᵀ + b` over the output columns of `panels` (`c`'s column 0 is the first
+/// panel's first column; its row stride is `ldc`).
+fn gemm_panels(
+    a: &[f32],
+    mb: usize,
+    w: &PackedLinear,
+    panels: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    lvl: Level,
+) {
     let (k, n) = (w.k, w.n);
-    let np = n.div_ceil(NR);
+    let col0 = panels.start * NR;
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        for p in 0..np {
+        for p in panels.clone() {
             let ncols = NR.min(n - p * NR);
             let b = &w.panels[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
             let bias = (k0 == 0).then(|| &w.bias[p * NR..(p + 1) * NR]);
@@ -205,8 +219,8 @@ fn gemm_block(a: &[f32], mb: usize, w: &PackedLinear, c: &mut [f32], lvl: Level)
                     b,
                     NR,
                     kc,
-                    &mut c[r * n + p * NR..],
-                    n,
+                    &mut c[r * ldc + p * NR - col0..],
+                    ldc,
                     mr,
                     ncols,
                     bias,
@@ -216,6 +230,78 @@ fn gemm_block(a: &[f32], mb: usize, w: &PackedLinear, c: &mut [f32], lvl: Level)
             }
         }
         k0 += kc;
+    }
+}
+
+/// `out[rows, n] = x[rows, k] · Wᵀ + b` with `rows = x.len() / k`, split over blocks of rows and, where
+/// there are fewer row blocks than threads (decode: a row or a few), over groups of weight panels too,
+/// so that every thread streams its share of the weights.
+pub fn linear_wide(x: &[f32], w: &PackedLinear, out: &mut [f32]) {
+    let (k, n) = (w.k, w.n);
+    let rows = x.len() / k;
+    assert!(
+        rows * k == x.len() && rows.checked_mul(n).is_some_and(|len| len <= out.len()),
+        "linear_wide: input or output size"
+    );
+    if rows == 0 {
+        return;
+    }
+    let np = n.div_ceil(NR);
+    let row_tasks = rows.div_ceil(MB);
+    let threads = crate::pool::threads().max(1);
+    let groups = if row_tasks >= 2 * threads {
+        1
+    } else {
+        (4 * threads).div_ceil(row_tasks).min(np)
+    };
+    let per = np.div_ceil(groups);
+    let groups = np.div_ceil(per);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let lvl = level();
+    parallel_for(row_tasks * groups, |t| {
+        let (rt, g) = (t / groups, t % groups);
+        let r0 = rt * MB;
+        let mb = MB.min(rows - r0);
+        let a = &x[r0 * k..(r0 + mb) * k];
+        if groups == 1 {
+            // SAFETY: task `t` alone owns rows `r0 .. r0 + mb` of `out`, which lie inside it
+            // (checked above).
+            let block = unsafe { std::slice::from_raw_parts_mut(optr.get().add(r0 * n), mb * n) };
+            gemm_block(a, mb, w, block, lvl);
+            return;
+        }
+        let (p0, p1) = (g * per, ((g + 1) * per).min(np));
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+        let width = c1 - c0;
+        let mut tmp = vec![0f32; mb * width];
+        gemm_panels(a, mb, w, p0..p1, &mut tmp, width, lvl);
+        for r in 0..mb {
+            // SAFETY: task `t` alone writes columns `c0 .. c1` (inside `0 .. n`) of rows
+            // `r0 .. r0 + mb` (inside `out`, checked above); `tmp` is its own buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    tmp.as_ptr().add(r * width),
+                    optr.get().add((r0 + r) * n + c0),
+                    width,
+                )
+            };
+        }
+    });
+}
+
+impl PackedLinear {
+    /// Row `j` of the original weight (`W[j][..]`, `k` values) into `out`: an embedding lookup in a
+    /// matrix that is also the output head.
+    pub fn weight_row(&self, j: usize, out: &mut [f32]) {
+        assert!(
+            j < self.n && out.len() >= self.k,
+            "weight_row: index or output size"
+        );
+        let (p, c) = (j / NR, j % NR);
+        let panel = &self.panels[p * self.k * NR..(p + 1) * self.k * NR];
+        for (kk, o) in out[..self.k].iter_mut().enumerate() {
+            *o = panel[kk * NR + c];
+        }
     }
 }
 
@@ -244,7 +330,14 @@ fn tile(
     if lvl == Level::Avx512 {
         // SAFETY: `Level::Avx512` comes only from `level()`, which detected AVX-512F; the kernel's
         // unmasked accesses stay inside the extents checked above (masked lanes are not accessed).
-        unsafe { kernel_avx512(a, lda, b, ldb, kc, c, ldc, mr, ncols, bias) };
+        // One row (decode) gets a kernel of its own: the 8-row one would do 8x the FMAs.
+        unsafe {
+            if mr == 1 {
+                kernel_avx512::<1>(a, lda, b, ldb, kc, c, ldc, mr, ncols, bias)
+            } else {
+                kernel_avx512::<MR>(a, lda, b, ldb, kc, c, ldc, mr, ncols, bias)
+            }
+        };
         return;
     }
     let _ = lvl;
@@ -292,7 +385,7 @@ fn kernel_generic<const FMA: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512(
+unsafe fn kernel_avx512<const R: usize>(
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -305,7 +398,7 @@ unsafe fn kernel_avx512(
     bias: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!((1..=MR).contains(&mr));
+    debug_assert!((1..=MR).contains(&mr) && R <= MR && (R == MR || mr <= R));
     debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= (kc - 1) * ldb + NR);
     debug_assert!(c.len() >= (mr - 1) * ldc + ncols);
     let m0: __mmask16 = if ncols >= 16 {
@@ -326,7 +419,7 @@ unsafe fn kernel_avx512(
         Some(bias) => {
             let b0 = _mm512_loadu_ps(bias.as_ptr());
             let b1 = _mm512_loadu_ps(bias.as_ptr().add(16));
-            for r in 0..MR {
+            for r in 0..R {
                 acc[2 * r] = b0;
                 acc[2 * r + 1] = b1;
             }
@@ -349,7 +442,7 @@ unsafe fn kernel_avx512(
     for kk in 0..kc {
         let b0 = _mm512_loadu_ps(bp.add(kk * ldb));
         let b1 = _mm512_loadu_ps(bp.add(kk * ldb + 16));
-        for r in 0..MR {
+        for r in 0..R {
             let av = _mm512_set1_ps(*rows[r].add(kk));
             acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
@@ -793,6 +886,42 @@ mod tests {
             linear(&x, &pw, &mut got, &|_, _| {});
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "{rows}x{n}x{k}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn linear_wide_matches_reference_and_weight_rows_round_trip() {
+        let mut seed = 11;
+        // One row (decode) and a few rows split over panel groups; many rows over row blocks only;
+        // partial panels, partial row tiles, several KC passes.
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(1, 40, 7), (3, 70, 9)]
+        } else {
+            &[
+                (1, 5, 7),
+                (1, 1000, 300),
+                (2, 97, 513),
+                (9, 64, 16),
+                (130, 96, 260),
+                (300, 33, 64),
+            ]
+        };
+        for &(rows, n, k) in shapes {
+            let x = rnd(rows * k, &mut seed);
+            let w = rnd(n * k, &mut seed);
+            let b = rnd(n, &mut seed);
+            let pw = PackedLinear::new(&w, &b, n, k).expect("shapes");
+            let want = reference(&x, &w, &b, rows, n, k);
+            let mut got = vec![f32::NAN; rows * n];
+            linear_wide(&x, &pw, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-4, "{rows}x{n}x{k} [{i}]: {g} vs {w}");
+            }
+            let mut row = vec![0f32; k];
+            for j in [0, n / 2, n - 1] {
+                pw.weight_row(j, &mut row);
+                assert_eq!(row, w[j * k..(j + 1) * k], "weight row {j}");
             }
         }
     }

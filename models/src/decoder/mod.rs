@@ -176,10 +176,8 @@ impl CandleDecoder {
         let slots = Tensor::from_vec(batch.slots(cache.block_size), n, dev)?;
         let positions = Tensor::from_vec(positions, (n, 1), dev)?;
         let ropes = self.rope_tables(&positions)?;
-        let ids = Tensor::from_vec(ids, n, dev)?;
-
         let w = &self.weights;
-        let mut x = w.embed.index_select(&ids, 0)?;
+        let mut x = w.embed(&ids, dev)?;
         if let Some(scale) = s.embed_scale {
             x = (x * in_dtype(scale, self.dtype))?;
         }
@@ -255,7 +253,7 @@ impl CandleDecoder {
                 s.rms_eps,
                 self.dtype,
             )?;
-            let mut logits = h.matmul(&w.lm_head.t()?)?.to_dtype(DType::F32)?;
+            let mut logits = w.lm_head.forward(&h)?.to_dtype(DType::F32)?;
             if let Some(cap) = s.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;
             }

@@ -5,15 +5,75 @@
 use super::spec::DecoderSpec;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
+use inhaus_kernels::dense::PackedLinear;
 use std::path::Path;
 
-/// A weight matrix applied as `x · Wᵀ (+ b)`.
-pub struct Proj(candle_nn::Linear);
+/// A weight matrix applied as `x · Wᵀ (+ b)`: f32 on the CPU through inhaus's own packed GEMM
+/// (AVX-512/AVX2, every thread streaming its share of the weights also for a single row), anything
+/// else through candle.
+pub enum Proj {
+    Candle(candle_nn::Linear),
+    Packed(PackedLinear),
+}
 
 impl Proj {
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.0.forward(x)
+    pub fn new(w: Tensor, b: Option<Tensor>) -> candle_core::Result<Self> {
+        if !(w.device().is_cpu() && w.dtype() == DType::F32) {
+            return Ok(Self::Candle(candle_nn::Linear::new(w, b)));
+        }
+        let (n, k) = w.dims2()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        drop(w);
+        let bv = match b {
+            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; n],
+        };
+        PackedLinear::new(&wv, &bv, n, k)
+            .map(Self::Packed)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("a {n}x{k} weight with {} biases", bv.len()))
+            })
     }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Candle(l) => {
+                let d = l.weight().dims();
+                [
+                    d.first().copied().unwrap_or(0),
+                    d.get(1).copied().unwrap_or(0),
+                ]
+            }
+            Self::Packed(p) => [p.out_features(), p.in_features()],
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let p = match self {
+            Self::Candle(l) => return l.forward(x),
+            Self::Packed(p) => p,
+        };
+        let (k, n) = (p.in_features(), p.out_features());
+        let mut shape = x.dims().to_vec();
+        if shape.last() != Some(&k) {
+            candle_core::bail!("a {k}-wide weight applied to {shape:?}");
+        }
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; xv.len() / k * n];
+        inhaus_kernels::dense::linear_wide(&xv, p, &mut out);
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Tensor::from_vec(out, shape, x.device())
+    }
+}
+
+/// The token embeddings: a tensor, or the rows of the (tied) output head where that is packed, so
+/// that the matrix is held once.
+pub enum Embed {
+    Tensor(Tensor),
+    HeadRows,
 }
 
 pub struct LayerWeights {
@@ -32,10 +92,33 @@ pub struct LayerWeights {
 }
 
 pub struct DecoderWeights {
-    pub embed: Tensor,
+    pub embed: Embed,
     pub layers: Vec<LayerWeights>,
     pub final_norm: Tensor,
-    pub lm_head: Tensor,
+    pub lm_head: Proj,
+}
+
+impl DecoderWeights {
+    /// The embeddings of `ids` (`[ids.len(), hidden]`).
+    pub fn embed(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        match (&self.embed, &self.lm_head) {
+            (Embed::Tensor(t), _) => t.index_select(&Tensor::new(ids, device)?, 0),
+            (Embed::HeadRows, Proj::Packed(p)) => {
+                let k = p.in_features();
+                let mut out = vec![0f32; ids.len() * k];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
+                    if id as usize >= p.out_features() {
+                        candle_core::bail!("token id {id} outside the embeddings");
+                    }
+                    p.weight_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), k), device)
+            }
+            (Embed::HeadRows, Proj::Candle(l)) => {
+                l.weight().index_select(&Tensor::new(ids, device)?, 0)
+            }
+        }
+    }
 }
 
 /// The safetensors files of a Hugging Face folder: `model.safetensors`, or the shards that
@@ -139,6 +222,15 @@ fn expect(t: &Tensor, dims: &[usize], name: &str) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Checks a projection's `[out, in]` shape.
+fn expect_proj(p: &Proj, dims: &[usize], name: &str) -> candle_core::Result<()> {
+    let got = p.dims();
+    if got[..] != *dims {
+        candle_core::bail!("{name} has shape {got:?}, expected {dims:?}");
+    }
+    Ok(())
+}
+
 /// Stacks matrices (and their biases, zeros where one has none) along the output dimension.
 fn stacked(src: &SafetensorsSource, names: &[String], rows: &[usize]) -> candle_core::Result<Proj> {
     let mut ws = Vec::with_capacity(names.len());
@@ -161,13 +253,13 @@ fn stacked(src: &SafetensorsSource, names: &[String], rows: &[usize]) -> candle_
     } else {
         None
     };
-    Ok(Proj(candle_nn::Linear::new(w, b)))
+    Proj::new(w, b)
 }
 
 fn single(src: &SafetensorsSource, name: &str) -> candle_core::Result<Proj> {
     let w = src.get(&format!("{name}.weight"))?;
     let b = src.opt(&format!("{name}.bias"))?;
-    Ok(Proj(candle_nn::Linear::new(w, b)))
+    Proj::new(w, b)
 }
 
 /// Loads every weight of a decoder with `spec` from Hugging Face tensor names.
@@ -228,18 +320,10 @@ pub fn load_hf(src: &SafetensorsSource, spec: &DecoderSpec) -> candle_core::Resu
             down: single(src, &p("mlp.down_proj"))?,
             post_ffn_norm,
         };
-        expect(l.qkv.0.weight(), &[qd + 2 * kvd, c.hidden], &p("qkv"))?;
-        expect(
-            l.o.0.weight(),
-            &[c.hidden, qd],
-            &p("self_attn.o_proj.weight"),
-        )?;
-        expect(l.gate_up.0.weight(), &[2 * c.ffn, c.hidden], &p("gate/up"))?;
-        expect(
-            l.down.0.weight(),
-            &[c.hidden, c.ffn],
-            &p("mlp.down_proj.weight"),
-        )?;
+        expect_proj(&l.qkv, &[qd + 2 * kvd, c.hidden], &p("qkv"))?;
+        expect_proj(&l.o, &[c.hidden, qd], &p("self_attn.o_proj.weight"))?;
+        expect_proj(&l.gate_up, &[2 * c.ffn, c.hidden], &p("gate/up"))?;
+        expect_proj(&l.down, &[c.hidden, c.ffn], &p("mlp.down_proj.weight"))?;
         for (n, t) in [("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
             if let Some(t) = t {
                 expect(t, &[c.head_dim], &p(n))?;
@@ -248,12 +332,12 @@ pub fn load_hf(src: &SafetensorsSource, spec: &DecoderSpec) -> candle_core::Resu
         layers.push(l);
     }
     let final_norm = src.norm("model.norm.weight", off)?;
-    let lm_head = if c.tied_embeddings || !src.has("lm_head.weight") {
-        embed.clone()
+    let (embed, lm_head) = if c.tied_embeddings || !src.has("lm_head.weight") {
+        (Embed::HeadRows, Proj::new(embed, None)?)
     } else {
         let h = src.get("lm_head.weight")?;
         expect(&h, &[c.vocab, c.hidden], "lm_head.weight")?;
-        h
+        (Embed::Tensor(embed), Proj::new(h, None)?)
     };
     Ok(DecoderWeights {
         embed,

@@ -16,13 +16,13 @@ const MB: usize = 64;
 const KC: usize = 256;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Level {
+pub(crate) enum Level {
     Scalar,
     Avx2,
     Avx512,
 }
 
-fn level() -> Level {
+pub(crate) fn level() -> Level {
     static L: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *L.get_or_init(|| {
         let cap = std::env::var("INHAUS_SIMD").ok();
@@ -86,10 +86,12 @@ macro_rules! dispatch {
     }};
 }
 
+pub(crate) use dispatch;
+
 /// `a * b + c`, fused where the instruction exists (`FMA`), else a multiply and an add (a software `fmaf`
 /// would be far slower).
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -144,7 +146,7 @@ impl PackedLinear {
 }
 
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: every task writes a disjoint, in-bounds region through it (see each use), and each job
 // ends before the `&mut` borrow the pointer came from does.
 unsafe impl Sync for SyncPtr {}
@@ -153,7 +155,7 @@ unsafe impl Send for SyncPtr {}
 
 impl SyncPtr {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not its field).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -239,11 +241,27 @@ fn gemm_panels(
 pub fn linear_wide(x: &[f32], w: &PackedLinear, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     let rows = x.len() / k;
+    assert!(rows * k == x.len(), "linear_wide: input size");
+    let lvl = level();
+    split_wide(rows, n, out, &|r0, mb, panels, c, ldc| {
+        gemm_panels(&x[r0 * k..(r0 + mb) * k], mb, w, panels, c, ldc, lvl)
+    });
+}
+
+/// A GEMM over some rows and panels: `gemm(r0, mb, panels, c, ldc)` writes rows `r0 .. r0 + mb` of the
+/// output columns of `panels` into `c` (column 0 = the first panel's first column, row stride `ldc`).
+pub(crate) type PanelGemm<'a> =
+    dyn Fn(usize, usize, std::ops::Range<usize>, &mut [f32], usize) + Sync + 'a;
+
+/// Runs `gemm` over `out[rows, n]` (panels of [`NR`] columns) on the pool: blocks of [`MB`] rows and,
+/// where there are fewer row blocks than threads (decode: a row or a few), groups of panels too, so
+/// that every thread streams its share of the weights.
+pub(crate) fn split_wide(rows: usize, n: usize, out: &mut [f32], gemm: &PanelGemm) {
     assert!(
-        rows * k == x.len() && rows.checked_mul(n).is_some_and(|len| len <= out.len()),
-        "linear_wide: input or output size"
+        rows.checked_mul(n).is_some_and(|len| len <= out.len()),
+        "linear_wide: output size"
     );
-    if rows == 0 {
+    if rows == 0 || n == 0 {
         return;
     }
     let np = n.div_ceil(NR);
@@ -257,24 +275,22 @@ pub fn linear_wide(x: &[f32], w: &PackedLinear, out: &mut [f32]) {
     let per = np.div_ceil(groups);
     let groups = np.div_ceil(per);
     let optr = SyncPtr(out.as_mut_ptr());
-    let lvl = level();
     parallel_for(row_tasks * groups, |t| {
         let (rt, g) = (t / groups, t % groups);
         let r0 = rt * MB;
         let mb = MB.min(rows - r0);
-        let a = &x[r0 * k..(r0 + mb) * k];
         if groups == 1 {
             // SAFETY: task `t` alone owns rows `r0 .. r0 + mb` of `out`, which lie inside it
             // (checked above).
             let block = unsafe { std::slice::from_raw_parts_mut(optr.get().add(r0 * n), mb * n) };
-            gemm_block(a, mb, w, block, lvl);
+            gemm(r0, mb, 0..np, block, n);
             return;
         }
         let (p0, p1) = (g * per, ((g + 1) * per).min(np));
         let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
         let width = c1 - c0;
         let mut tmp = vec![0f32; mb * width];
-        gemm_panels(a, mb, w, p0..p1, &mut tmp, width, lvl);
+        gemm(r0, mb, p0..p1, &mut tmp, width);
         for r in 0..mb {
             // SAFETY: task `t` alone writes columns `c0 .. c1` (inside `0 .. n`) of rows
             // `r0 .. r0 + mb` (inside `out`, checked above); `tmp` is its own buffer.
@@ -867,38 +883,19 @@ mod tests {
     }
 
     #[test]
-    fn linear_matches_reference_for_odd_shapes() {
+    fn linear_and_linear_wide_match_reference_for_odd_shapes() {
         let mut seed = 7;
-        // Miri (scripts/miri-kernels.sh) interprets every op: small shapes that still cover partial
-        // row tiles, partial panels and several KC passes.
+        // Partial row tiles, partial panels and several KC passes; one row (decode) and a few rows,
+        // which `linear_wide` splits over panel groups, and many rows, which it splits over row
+        // blocks only. Miri (scripts/miri-kernels.sh) interprets every op: small shapes.
         let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
-            &[(3, 5, 7), (9, 40, 260)]
-        } else {
-            &[(3, 5, 7), (8, 32, 16), (77, 40, 300), (130, 96, 513)]
-        };
-        for &(rows, n, k) in shapes {
-            let x = rnd(rows * k, &mut seed);
-            let w = rnd(n * k, &mut seed);
-            let b = rnd(n, &mut seed);
-            let pw = PackedLinear::new(&w, &b, n, k).expect("shapes");
-            let want = reference(&x, &w, &b, rows, n, k);
-            let mut got = vec![0f32; rows * n];
-            linear(&x, &pw, &mut got, &|_, _| {});
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-4, "{rows}x{n}x{k}: {g} vs {w}");
-            }
-        }
-    }
-
-    #[test]
-    fn linear_wide_matches_reference_and_weight_rows_round_trip() {
-        let mut seed = 11;
-        // One row (decode) and a few rows split over panel groups; many rows over row blocks only;
-        // partial panels, partial row tiles, several KC passes.
-        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
-            &[(1, 40, 7), (3, 70, 9)]
+            &[(3, 5, 7), (9, 40, 260), (1, 40, 7), (3, 70, 9)]
         } else {
             &[
+                (3, 5, 7),
+                (8, 32, 16),
+                (77, 40, 300),
+                (130, 96, 513),
                 (1, 5, 7),
                 (1, 1000, 300),
                 (2, 97, 513),
@@ -913,11 +910,21 @@ mod tests {
             let b = rnd(n, &mut seed);
             let pw = PackedLinear::new(&w, &b, n, k).expect("shapes");
             let want = reference(&x, &w, &b, rows, n, k);
-            let mut got = vec![f32::NAN; rows * n];
-            linear_wide(&x, &pw, &mut got);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() < 1e-4, "{rows}x{n}x{k} [{i}]: {g} vs {w}");
+            let mut got = vec![0f32; rows * n];
+            linear(&x, &pw, &mut got, &|_, _| {});
+            let mut wide = vec![f32::NAN; rows * n];
+            linear_wide(&x, &pw, &mut wide);
+            for (i, ((g, gw), w)) in got.iter().zip(&wide).zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "linear {rows}x{n}x{k} [{i}]: {g} vs {w}"
+                );
+                assert!(
+                    (gw - w).abs() < 1e-4,
+                    "linear_wide {rows}x{n}x{k} [{i}]: {gw} vs {w}"
+                );
             }
+            // Embedding rows read back from the panels are the weight's rows.
             let mut row = vec![0f32; k];
             for j in [0, n / 2, n - 1] {
                 pw.weight_row(j, &mut row);

@@ -7,6 +7,7 @@
 //! - [`packed`], [`packed_k`]: weights re-laid in 8-row groups for VNNI GEMV/GEMM.
 //! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
 //! - [`dense`]: f32 GEMM on packed weights, LayerNorm, GELU and packed-sequence attention (BERT encoders).
+//! - [`dense_bf16`]: the same GEMM with bfloat16 weights (AVX512-BF16 `vdpbf16ps` where the CPU has it).
 //! - [`pool`]: the spinning compute thread pool every parallel kernel runs on.
 //! - [`ops`]: small fused element-wise ops (RMSNorm, RoPE, gated activations, softmax).
 // Block kernels index several arrays in lockstep, mirroring the GGUF format definitions.
@@ -15,6 +16,7 @@
 pub mod attention;
 pub mod cpu;
 pub mod dense;
+pub mod dense_bf16;
 pub mod dot;
 pub mod matmul;
 pub mod ops;

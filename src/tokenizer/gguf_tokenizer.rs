@@ -114,6 +114,29 @@ fn byte_level_char_to_byte(c: char) -> Option<u8> {
     None
 }
 
+/// The post-processor that puts `bos` (whose text is `bos_text`) before every encoded text.
+pub(super) fn bos_post_processor(
+    bos_text: String,
+    bos: u32,
+) -> Result<TemplateProcessing, TokenizerError> {
+    TemplateProcessing::builder()
+        .try_single(format!("{bos_text}:0 $A:0"))
+        .and_then(|b| b.try_pair(format!("{bos_text}:0 $A:0 $B:1")))
+        .map_err(tk)?
+        .special_tokens(vec![(bos_text, bos)])
+        .build()
+        .map_err(tk)
+}
+
+/// Appends the ids of `more` that `ids` does not hold yet, in order.
+pub(super) fn push_new(ids: &mut Vec<u32>, more: impl IntoIterator<Item = u32>) {
+    for id in more {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+}
+
 /// Token texts llama.cpp treats as end-of-generation, and as control tokens even where the file
 /// marks them normal (so `</s>` written in text is one token for Qwen, as llama.cpp parses it).
 pub(super) const EOG_TEXTS: &[&str] = &[
@@ -262,14 +285,7 @@ impl ModelTokenizer {
         if add_bos {
             if let Some(bos) = bos_id {
                 let bos_text = tokens.get(bos as usize).cloned().unwrap_or_default();
-                let post = TemplateProcessing::builder()
-                    .try_single(format!("{bos_text}:0 $A:0"))
-                    .and_then(|b| b.try_pair(format!("{bos_text}:0 $A:0 $B:1")))
-                    .map_err(tk)?
-                    .special_tokens(vec![(bos_text, bos)])
-                    .build()
-                    .map_err(tk)?;
-                tokenizer.with_post_processor(Some(post));
+                tokenizer.with_post_processor(Some(bos_post_processor(bos_text, bos)?));
             }
         }
 
@@ -292,11 +308,7 @@ impl ModelTokenizer {
                 }
             }
         }
-        for id in eog_ids {
-            if !stop_ids.contains(&id) {
-                stop_ids.push(id);
-            }
-        }
+        push_new(&mut stop_ids, eog_ids);
         let literal = types
             .iter()
             .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)

@@ -2,16 +2,12 @@
 //! with bos/eos from `tokenizer_config.json` and the end-of-generation ids of
 //! `generation_config.json`. Added tokens are literal; special ones are control tokens.
 use super::gguf_tokenizer::{
-    ModelTokenizer, TokenizerError, TokenizerKind, TokenizerParts, EOG_TEXTS,
+    bos_post_processor, push_new, ModelTokenizer, TokenizerError, TokenizerKind, TokenizerParts,
+    EOG_TEXTS,
 };
 use serde_json::Value;
 use std::path::Path;
-use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{DecoderWrapper, Tokenizer};
-
-fn tk<E: std::fmt::Display>(e: E) -> TokenizerError {
-    TokenizerError::Tokenizers(e.to_string())
-}
 
 /// A special token's text in `tokenizer_config.json`: a string or an `AddedToken` object.
 pub fn special_text(config: &Value, key: &str) -> Option<String> {
@@ -90,14 +86,7 @@ impl ModelTokenizer {
         if !add_bos && asks_bos {
             if let Some(bos) = bos_id {
                 let text = tokens[bos as usize].clone();
-                let post = TemplateProcessing::builder()
-                    .try_single(format!("{text}:0 $A:0"))
-                    .and_then(|b| b.try_pair(format!("{text}:0 $A:0 $B:1")))
-                    .map_err(tk)?
-                    .special_tokens(vec![(text, bos)])
-                    .build()
-                    .map_err(tk)?;
-                tokenizer.with_post_processor(Some(post));
+                tokenizer.with_post_processor(Some(bos_post_processor(text, bos)?));
                 add_bos = true;
             }
         }
@@ -105,16 +94,13 @@ impl ModelTokenizer {
         // Stops: eos, generation_config's eos ids, and the end-of-turn markers of known chat
         // formats where they are special tokens.
         let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
-        for id in gen_eos {
-            if !stop_ids.contains(&id) {
-                stop_ids.push(id);
-            }
-        }
-        for (id, t) in tokens.iter().enumerate() {
-            if control[id] && EOG_TEXTS.contains(&t.as_str()) && !stop_ids.contains(&(id as u32)) {
-                stop_ids.push(id as u32);
-            }
-        }
+        push_new(&mut stop_ids, gen_eos);
+        let markers = tokens
+            .iter()
+            .enumerate()
+            .filter(|(id, t)| control[*id] && EOG_TEXTS.contains(&t.as_str()))
+            .map(|(id, _)| id as u32);
+        push_new(&mut stop_ids, markers);
         Ok(Self::assemble(TokenizerParts {
             tokenizer,
             tokens,

@@ -31,7 +31,11 @@ fn backend(e: candle_core::Error) -> ModelError {
 /// A loaded candle decoder. `forward` is `&self`: the weights are shared, the cache is the caller's.
 pub struct CandleDecoder {
     pub spec: DecoderSpec,
+    /// The weights' dtype.
     pub dtype: DType,
+    /// The activations' (and KV cache's) dtype: f32 where the projections run through inhaus's
+    /// packed CPU GEMMs (bf16 weights included), else the weights' dtype.
+    pub act: DType,
     pub device: Device,
     weights: DecoderWeights,
 }
@@ -63,9 +67,15 @@ impl CandleDecoder {
         let spec = hf_config::spec_from_hf_config(&text, src.has("lm_head.weight"))
             .map_err(ModelError::Unsupported)?;
         let weights = load_hf(&src, &spec).map_err(backend)?;
+        let act = if weights::packed_on(device, dtype) {
+            DType::F32
+        } else {
+            dtype
+        };
         Ok(Self {
             spec,
             dtype,
+            act,
             device: device.clone(),
             weights,
         })
@@ -74,7 +84,7 @@ impl CandleDecoder {
     /// Bytes one KV block of `block_size` tokens takes across all layers.
     pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
         let s = &self.spec;
-        PagedKv::bytes_per_block(s.n_layers, s.n_kv_heads, s.head_dim, block_size, self.dtype)
+        PagedKv::bytes_per_block(s.n_layers, s.n_kv_heads, s.head_dim, block_size, self.act)
     }
 
     pub fn new_cache(&self, block_size: usize, num_blocks: usize) -> Result<PagedKv> {
@@ -85,13 +95,13 @@ impl CandleDecoder {
             s.head_dim,
             block_size,
             num_blocks,
-            self.dtype,
+            self.act,
             &self.device,
         )
         .map_err(backend)
     }
 
-    /// cos and sin (`[tokens, rotary_dims / 2]`, the model's dtype) of every RoPE table.
+    /// cos and sin (`[tokens, rotary_dims / 2]`, the activations' dtype) of every RoPE table.
     fn rope_tables(&self, positions: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.spec
             .ropes
@@ -101,8 +111,8 @@ impl CandleDecoder {
                 let inv = Tensor::from_slice(&r.inv_freq, (1, n), &self.device)?;
                 let freqs = positions.broadcast_mul(&inv)?;
                 let f = r.attention_factor as f64;
-                let cos = (freqs.cos()? * f)?.to_dtype(self.dtype)?;
-                let sin = (freqs.sin()? * f)?.to_dtype(self.dtype)?;
+                let cos = (freqs.cos()? * f)?.to_dtype(self.act)?;
+                let sin = (freqs.sin()? * f)?.to_dtype(self.act)?;
                 Ok((cos, sin))
             })
             .collect()
@@ -177,12 +187,12 @@ impl CandleDecoder {
         let positions = Tensor::from_vec(positions, (n, 1), dev)?;
         let ropes = self.rope_tables(&positions)?;
         let w = &self.weights;
-        let mut x = w.embed(&ids, dev)?;
+        let mut x = w.embed(&ids, dev)?.to_dtype(self.act)?;
         if let Some(scale) = s.embed_scale {
             x = (x * in_dtype(scale, self.dtype))?;
         }
         for (li, (lw, la)) in w.layers.iter().zip(&s.layers).enumerate() {
-            let h = norm(&x, &lw.attn_norm, s.rms_eps, self.dtype)?;
+            let h = norm(&x, &lw.attn_norm, s.rms_eps, self.act)?;
             let qkv = lw.qkv.forward(&h)?;
             let mut q = qkv.narrow(1, 0, qd)?.contiguous()?.reshape((n, nh, hd))?;
             let mut k = qkv
@@ -194,10 +204,10 @@ impl CandleDecoder {
                 .contiguous()?
                 .reshape((n, nkv, hd))?;
             if let Some(wn) = &lw.q_norm {
-                q = norm(&q, wn, s.rms_eps, self.dtype)?;
+                q = norm(&q, wn, s.rms_eps, self.act)?;
             }
             if let Some(wn) = &lw.k_norm {
-                k = norm(&k, wn, s.rms_eps, self.dtype)?;
+                k = norm(&k, wn, s.rms_eps, self.act)?;
             }
             let (cos, sin) = &ropes[la.rope];
             let q = self.rope(&q, cos, sin)?;
@@ -218,14 +228,14 @@ impl CandleDecoder {
                     seq_attention(&qs, sq, cache, li, &params)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let attn = Tensor::cat(&outs, 0)?.to_dtype(self.dtype)?;
+            let attn = Tensor::cat(&outs, 0)?.to_dtype(self.act)?;
             let mut o = lw.o.forward(&attn)?;
             if let Some(wn) = &lw.post_attn_norm {
-                o = norm(&o, wn, s.rms_eps, self.dtype)?;
+                o = norm(&o, wn, s.rms_eps, self.act)?;
             }
             x = (x + o)?;
 
-            let h = norm(&x, &lw.ffn_norm, s.rms_eps, self.dtype)?;
+            let h = norm(&x, &lw.ffn_norm, s.rms_eps, self.act)?;
             let gu = lw.gate_up.forward(&h)?;
             let gate = gu.narrow(1, 0, s.ffn)?;
             let up = gu.narrow(1, s.ffn, s.ffn)?;
@@ -236,7 +246,7 @@ impl CandleDecoder {
             };
             let mut o = lw.down.forward(&(gate * up)?)?;
             if let Some(wn) = &lw.post_ffn_norm {
-                o = norm(&o, wn, s.rms_eps, self.dtype)?;
+                o = norm(&o, wn, s.rms_eps, self.act)?;
             }
             x = (x + o)?;
         }
@@ -251,7 +261,7 @@ impl CandleDecoder {
                 &x.index_select(&rows, 0)?,
                 &w.final_norm,
                 s.rms_eps,
-                self.dtype,
+                self.act,
             )?;
             let mut logits = w.lm_head.forward(&h)?.to_dtype(DType::F32)?;
             if let Some(cap) = s.final_softcap {

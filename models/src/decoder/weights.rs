@@ -6,33 +6,51 @@ use super::spec::DecoderSpec;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use inhaus_kernels::dense::PackedLinear;
+use inhaus_kernels::dense_bf16::PackedBf16;
 use std::path::Path;
 
-/// A weight matrix applied as `x · Wᵀ (+ b)`: f32 on the CPU through inhaus's own packed GEMM
-/// (AVX-512/AVX2, every thread streaming its share of the weights also for a single row), anything
-/// else through candle.
+/// A weight matrix applied as `x · Wᵀ (+ b)`. On the CPU, f32 and bf16 weights run through inhaus's
+/// own packed GEMMs (AVX-512/AVX2, AVX512-BF16 for bf16; every thread streaming its share of the
+/// weights also for a single row) on f32 activations; anything else through candle.
 pub enum Proj {
     Candle(candle_nn::Linear),
     Packed(PackedLinear),
+    PackedBf16(PackedBf16),
+}
+
+/// Whether weights of `dtype` on `device` run through inhaus's packed GEMMs (with f32 activations).
+pub fn packed_on(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16)
 }
 
 impl Proj {
     pub fn new(w: Tensor, b: Option<Tensor>) -> candle_core::Result<Self> {
-        if !(w.device().is_cpu() && w.dtype() == DType::F32) {
+        if !packed_on(w.device(), w.dtype()) {
             return Ok(Self::Candle(candle_nn::Linear::new(w, b)));
         }
         let (n, k) = w.dims2()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        drop(w);
         let bv = match b {
             Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; n],
         };
+        let bad = || candle_core::Error::Msg(format!("a {n}x{k} weight with {} biases", bv.len()));
+        if w.dtype() == DType::BF16 {
+            let wv: Vec<u16> = w
+                .flatten_all()?
+                .to_vec1::<half::bf16>()?
+                .into_iter()
+                .map(half::bf16::to_bits)
+                .collect();
+            drop(w);
+            return PackedBf16::new(&wv, &bv, n, k)
+                .map(Self::PackedBf16)
+                .ok_or_else(bad);
+        }
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        drop(w);
         PackedLinear::new(&wv, &bv, n, k)
             .map(Self::Packed)
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("a {n}x{k} weight with {} biases", bv.len()))
-            })
+            .ok_or_else(bad)
     }
 
     /// `[out, in]`.
@@ -46,22 +64,27 @@ impl Proj {
                 ]
             }
             Self::Packed(p) => [p.out_features(), p.in_features()],
+            Self::PackedBf16(p) => [p.out_features(), p.in_features()],
         }
     }
 
+    /// `x · Wᵀ (+ b)`; the packed GEMMs take and give f32.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let p = match self {
+        let [n, k] = match self {
             Self::Candle(l) => return l.forward(x),
-            Self::Packed(p) => p,
+            _ => self.dims(),
         };
-        let (k, n) = (p.in_features(), p.out_features());
         let mut shape = x.dims().to_vec();
         if shape.last() != Some(&k) {
             candle_core::bail!("a {k}-wide weight applied to {shape:?}");
         }
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; xv.len() / k * n];
-        inhaus_kernels::dense::linear_wide(&xv, p, &mut out);
+        match self {
+            Self::Packed(p) => inhaus_kernels::dense::linear_wide(&xv, p, &mut out),
+            Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(&xv, p, &mut out),
+            Self::Candle(_) => {}
+        }
         if let Some(last) = shape.last_mut() {
             *last = n;
         }
@@ -91,6 +114,9 @@ pub struct LayerWeights {
     pub post_ffn_norm: Option<Tensor>,
 }
 
+/// Reads row `j` of a packed matrix into a buffer.
+type RowReader<'a> = dyn Fn(usize, &mut [f32]) + 'a;
+
 pub struct DecoderWeights {
     pub embed: Embed,
     pub layers: Vec<LayerWeights>,
@@ -99,25 +125,31 @@ pub struct DecoderWeights {
 }
 
 impl DecoderWeights {
-    /// The embeddings of `ids` (`[ids.len(), hidden]`).
+    /// The embeddings of `ids` (`[ids.len(), hidden]`), in the weights' dtype, or f32 where they are
+    /// the rows of a packed head.
     pub fn embed(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
-        match (&self.embed, &self.lm_head) {
-            (Embed::Tensor(t), _) => t.index_select(&Tensor::new(ids, device)?, 0),
-            (Embed::HeadRows, Proj::Packed(p)) => {
-                let k = p.in_features();
-                let mut out = vec![0f32; ids.len() * k];
-                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
-                    if id as usize >= p.out_features() {
-                        candle_core::bail!("token id {id} outside the embeddings");
-                    }
-                    p.weight_row(id as usize, row);
-                }
-                Tensor::from_vec(out, (ids.len(), k), device)
-            }
+        let (k, n, row): (usize, usize, &RowReader) = match (&self.embed, &self.lm_head) {
+            (Embed::Tensor(t), _) => return t.index_select(&Tensor::new(ids, device)?, 0),
             (Embed::HeadRows, Proj::Candle(l)) => {
-                l.weight().index_select(&Tensor::new(ids, device)?, 0)
+                return l.weight().index_select(&Tensor::new(ids, device)?, 0)
             }
+            (Embed::HeadRows, Proj::Packed(p)) => (p.in_features(), p.out_features(), &|j, out| {
+                p.weight_row(j, out)
+            }),
+            (Embed::HeadRows, Proj::PackedBf16(p)) => {
+                (p.in_features(), p.out_features(), &|j, out| {
+                    p.weight_row(j, out)
+                })
+            }
+        };
+        let mut out = vec![0f32; ids.len() * k];
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(k)) {
+            if id as usize >= n {
+                candle_core::bail!("token id {id} outside the embeddings");
+            }
+            row(id as usize, dst);
         }
+        Tensor::from_vec(out, (ids.len(), k), device)
     }
 }
 

@@ -112,9 +112,13 @@ struct LoadArgs {
     /// Weights' dtype for Hugging Face checkpoints: auto, f32, f16 or bf16.
     #[arg(long, env = "INHAUS_DTYPE", default_value = "auto")]
     dtype: inhaus::loader::DtypeChoice,
-    /// Where Hugging Face checkpoints run: cpu, cuda or cuda:N.
+    /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long, env = "INHAUS_DEVICE", default_value = "cpu")]
     device: inhaus::loader::DeviceChoice,
+    /// Which forward runs a GGUF file: auto (own kernels on the CPU, candle on a GPU), native or
+    /// candle.
+    #[arg(long, env = "INHAUS_BACKEND", default_value = "auto")]
+    backend: inhaus::loader::BackendChoice,
 }
 
 impl LoadArgs {
@@ -122,6 +126,7 @@ impl LoadArgs {
         inhaus::loader::LoadOptions {
             dtype: self.dtype,
             device: self.device,
+            backend: self.backend,
         }
     }
 }
@@ -282,9 +287,13 @@ struct ServeArgs {
     /// GPU), f32, f16 or bf16. GGUF models keep their quantization.
     #[arg(long, env = "INHAUS_DTYPE", default_value = "auto")]
     dtype: inhaus::loader::DtypeChoice,
-    /// Where Hugging Face checkpoints run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+    /// Where the models run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
     #[arg(long, env = "INHAUS_DEVICE", default_value = "cpu")]
     device: inhaus::loader::DeviceChoice,
+    /// Which forward runs a GGUF file: auto (own kernels on the CPU, candle on a GPU), native or
+    /// candle (its quantized matmuls).
+    #[arg(long, env = "INHAUS_BACKEND", default_value = "auto")]
+    backend: inhaus::loader::BackendChoice,
     /// Sequences in the running batch at most.
     #[arg(long, env = "INHAUS_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
@@ -393,6 +402,7 @@ struct ServeFile {
     kv_cache_memory: Option<String>,
     dtype: Option<String>,
     device: Option<String>,
+    backend: Option<String>,
     max_num_seqs: Option<usize>,
     max_num_batched_tokens: Option<usize>,
     max_waiting: Option<usize>,
@@ -453,6 +463,9 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.device, unset("device")) {
         args.device = v.parse().map_err(|e| anyhow::anyhow!("config file: {e}"))?;
+    }
+    if let (Some(v), true) = (f.backend, unset("backend")) {
+        args.backend = v.parse().map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     if let (Some(v), true) = (f.max_num_seqs, unset("max_num_seqs")) {
         args.max_num_seqs = v;
@@ -596,6 +609,7 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
         load: inhaus::loader::LoadOptions {
             dtype: args.dtype,
             device: args.device,
+            backend: args.backend,
         },
         api_keys: api_keys(args)?,
         request_timeout: (args.request_timeout_secs > 0)
@@ -1046,6 +1060,7 @@ fn main() -> Result<()> {
                     "format": m.source.format,
                     "dtype": m.source.dtype,
                     "device": m.source.device,
+                    "backend": m.model.backend(),
                     "threads": threads,
                     "simd": inhaus_kernels::cpu::simd_level().name(),
                     "prompt_tokens": prompt_tokens,

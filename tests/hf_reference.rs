@@ -390,6 +390,7 @@ fn server_renders_chats_like_transformers() {
         assert_eq!(entry["format"], "safetensors", "{models}");
         assert_eq!(entry["dtype"], "f32", "{models}");
         assert_eq!(entry["device"], "cpu", "{models}");
+        assert_eq!(entry["backend"], "candle", "{models}");
         assert_eq!(entry["context_length"], 512, "{models}");
     }
 }

@@ -24,6 +24,13 @@ pub enum ForwardCache {
 }
 
 impl Forward {
+    /// `native` (own kernels) or `candle`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Native(_) => "native",
+            Self::Candle(_) => "candle",
+        }
+    }
     pub fn architecture(&self) -> &str {
         match self {
             Self::Native(t) => &t.config.architecture,

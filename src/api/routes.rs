@@ -138,7 +138,7 @@ async fn system_card(
 }
 
 /// A `/v1/models` entry: OpenAI's fields, and where the model came from and how it runs (source,
-/// format, dtype, device, context length) as extension fields.
+/// format, dtype, device, backend, context length) as extension fields.
 fn model_object(models: &super::Models, id: &str) -> Value {
     let mut v =
         json!({ "id": id, "object": "model", "created": models.loaded_at, "owned_by": "inhaus" });
@@ -148,6 +148,7 @@ fn model_object(models: &super::Models, id: &str) -> Value {
         v["format"] = json!(s.format);
         v["dtype"] = json!(s.dtype);
         v["device"] = json!(s.device);
+        v["backend"] = json!(m.loaded.model.backend());
         v["context_length"] = json!(m.loaded.model.context_len());
     } else if let Some(e) = models.embedders.get(id) {
         v["format"] = json!("safetensors");

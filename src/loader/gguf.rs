@@ -1,10 +1,10 @@
-//! A GGUF model (catalog alias or `.gguf` file): the mapped file, the own-kernel forward, the
-//! tokenizer and chat template from its metadata.
-use super::{weights_sha256, LoadError, LoadedModel, ModelSource};
+//! A GGUF model (catalog alias or `.gguf` file): the mapped file, the own-kernel forward (or the
+//! candle decoder on a chosen device), the tokenizer and chat template from its metadata.
+use super::{weights_sha256, DeviceChoice, LoadError, LoadedModel, ModelSource};
 use crate::catalog::ResolvedModel;
 use crate::chat_template::{builtin_template, ChatTemplate};
 use crate::tokenizer::ModelTokenizer;
-use inhaus_models::{arch, Forward, GgufFile};
+use inhaus_models::{arch, CandleDecoder, Forward, GgufFile};
 use std::time::Instant;
 
 /// llama.cpp's names of `general.file_type`.
@@ -31,11 +31,22 @@ fn file_type_name(t: usize) -> Option<&'static str> {
     })
 }
 
-pub fn load(resolved: ResolvedModel) -> Result<LoadedModel, LoadError> {
+/// Loads `resolved` on the own kernels, or with `candle` on the candle decoder on that device.
+pub fn load(
+    resolved: ResolvedModel,
+    candle: Option<DeviceChoice>,
+) -> Result<LoadedModel, LoadError> {
     let start = Instant::now();
-    tracing::info!(model = %resolved.name, path = %resolved.path.display(), "loading model");
+    let backend = if candle.is_some() { "candle" } else { "native" };
+    tracing::info!(model = %resolved.name, path = %resolved.path.display(), backend, "loading model");
     let file = GgufFile::open(&resolved.path)?;
-    let model = Forward::Native(arch::load_gguf(&file)?);
+    let model = match candle {
+        None => Forward::Native(arch::load_gguf(&file)?),
+        Some(choice) => {
+            let device = super::hf::device(choice)?;
+            Forward::Candle(CandleDecoder::load_gguf(&resolved.path, &device)?)
+        }
+    };
     let tokenizer = ModelTokenizer::from_gguf(&file)?;
     let source = match file.get_str("tokenizer.chat_template") {
         Ok(t) => Some(t.to_string()),
@@ -74,7 +85,7 @@ pub fn load(resolved: ResolvedModel) -> Result<LoadedModel, LoadError> {
         revision: None,
         format: "gguf",
         dtype: quantization.clone().unwrap_or_else(|| "unknown".into()),
-        device: "cpu".into(),
+        device: candle.unwrap_or_default().to_string(),
     };
     Ok(LoadedModel {
         name: resolved.name.clone(),

@@ -42,7 +42,7 @@ pub fn is_decoder(dir: &Path) -> bool {
             })
 }
 
-fn device(choice: DeviceChoice) -> Result<Device, LoadError> {
+pub(super) fn device(choice: DeviceChoice) -> Result<Device, LoadError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(n) => Device::new_cuda(n).map_err(|e| {

@@ -1,5 +1,6 @@
 //! Loading a model for serving or generation. What `--model` names decides the backend:
-//! - a catalog alias or a `.gguf` file: the own-kernel CPU forward ([`gguf`]);
+//! - a catalog alias or a `.gguf` file: the own-kernel CPU forward ([`gguf`]), or the candle decoder
+//!   with the matrices kept quantized (`--backend candle`, and on a GPU);
 //! - a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`) or a repo id
 //!   `org/name[@revision]` resolved through the Hugging Face cache ([`hub`]): the candle decoder on
 //!   the chosen device and dtype ([`hf`]).
@@ -88,10 +89,40 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
+/// Which forward runs a GGUF file (`--backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The own kernels on the CPU, candle on a GPU.
+    #[default]
+    Auto,
+    /// inhaus's own CPU kernels (GGUF only).
+    Native,
+    /// The candle decoder (GGUF quantized through candle's quantized matmul; Hugging Face folders
+    /// always run on it).
+    Candle,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "native" => Self::Native,
+            "candle" => Self::Candle,
+            other => {
+                return Err(format!(
+                    "backend `{other}` (expected auto, native or candle)"
+                ))
+            }
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
     pub dtype: DtypeChoice,
     pub device: DeviceChoice,
+    pub backend: BackendChoice,
 }
 
 /// Where a served model came from and how it runs (reported by `/v1/models`).
@@ -180,22 +211,37 @@ pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
 pub fn load_with(name: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let path = Path::new(name);
     if path.is_dir() {
+        if opts.backend == BackendChoice::Native {
+            return Err(LoadError::Options(format!(
+                "{name} is a Hugging Face folder, which runs on the candle backend; --backend native \
+                 takes a GGUF file"
+            )));
+        }
         return hf::load(path, name, None, opts);
     }
     if catalog::find(name).is_none() && !path.exists() {
         if let Some(repo) = hub::RepoRef::parse(name) {
             let snapshot = hub::resolve(&repo)?;
             let dir = snapshot.dir.clone();
+            if opts.backend == BackendChoice::Native {
+                return Err(LoadError::Options(format!(
+                    "{name} is a Hugging Face repo, which runs on the candle backend; --backend \
+                     native takes a GGUF file"
+                )));
+            }
             return hf::load(&dir, &repo.id, Some(snapshot), opts);
         }
     }
     let resolved = catalog::resolve(name)?;
-    if opts.device != DeviceChoice::Cpu {
-        return Err(LoadError::Options(format!(
-            "{name} is a GGUF model, which runs on the CPU kernels; --device {} takes a Hugging Face \
-             folder or repo id",
-            opts.device
-        )));
-    }
-    gguf::load(resolved)
+    let candle = match (opts.backend, opts.device) {
+        (BackendChoice::Native, DeviceChoice::Cpu) => false,
+        (BackendChoice::Native, device) => {
+            return Err(LoadError::Options(format!(
+                "--backend native runs on the CPU; --device {device} needs --backend candle or auto"
+            )))
+        }
+        (BackendChoice::Auto, DeviceChoice::Cpu) => false,
+        _ => true,
+    };
+    gguf::load(resolved, candle.then_some(opts.device))
 }

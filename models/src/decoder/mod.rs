@@ -5,9 +5,10 @@
 //!
 //! - [`spec`]: the architecture description; [`hf_config`]: `config.json` into it.
 //! - [`rope`]: RoPE frequencies and their scalings.
-//! - [`weights`]: safetensors into (fused) device tensors.
+//! - [`weights`]: safetensors into (fused) device tensors; [`gguf`]: GGUF files, kept quantized.
 //! - [`paged_kv`]: the cache; [`attention`]: one sequence's attention over it.
 pub mod attention;
+pub mod gguf;
 pub mod hf_config;
 pub mod paged_kv;
 pub mod rope;
@@ -76,6 +77,19 @@ impl CandleDecoder {
             spec,
             dtype,
             act,
+            device: device.clone(),
+            weights,
+        })
+    }
+
+    /// Loads a GGUF file onto `device`: quantized matrices through candle's quantized matmul,
+    /// activations in f32.
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+        let (spec, weights) = gguf::load(path, device)?;
+        Ok(Self {
+            spec,
+            dtype: DType::F32,
+            act: DType::F32,
             device: device.clone(),
             weights,
         })

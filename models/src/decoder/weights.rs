@@ -3,11 +3,13 @@
 //! Q/K/V and gate/up projections are fused into one matrix each, so a layer runs two input
 //! matmuls instead of five.
 use super::spec::DecoderSpec;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use inhaus_kernels::dense::PackedLinear;
 use inhaus_kernels::dense_bf16::PackedBf16;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A weight matrix applied as `x · Wᵀ (+ b)`. On the CPU, f32 and bf16 weights run through inhaus's
 /// own packed GEMMs (AVX-512/AVX2, AVX512-BF16 for bf16; every thread streaming its share of the
@@ -16,6 +18,14 @@ pub enum Proj {
     Candle(candle_nn::Linear),
     Packed(PackedLinear),
     PackedBf16(PackedBf16),
+    /// A GGUF matrix kept quantized (candle's quantized matmul), plus its f32 bias.
+    Quant {
+        w: QMatMul,
+        b: Option<Tensor>,
+    },
+    /// Several projections of the same input, their outputs side by side (a GGUF file's Q, K and V,
+    /// which may be of different quantizations).
+    Stacked(Vec<Proj>),
 }
 
 /// Whether weights of `dtype` on `device` run through inhaus's packed GEMMs (with f32 activations).
@@ -65,6 +75,20 @@ impl Proj {
             }
             Self::Packed(p) => [p.out_features(), p.in_features()],
             Self::PackedBf16(p) => [p.out_features(), p.in_features()],
+            Self::Quant { w, .. } => {
+                let d = match w {
+                    QMatMul::QTensor(q) => q.shape().dims(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims(),
+                };
+                [
+                    d.first().copied().unwrap_or(0),
+                    d.get(1).copied().unwrap_or(0),
+                ]
+            }
+            Self::Stacked(parts) => [
+                parts.iter().map(|p| p.dims()[0]).sum(),
+                parts.first().map_or(0, |p| p.dims()[1]),
+            ],
         }
     }
 
@@ -72,6 +96,20 @@ impl Proj {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [n, k] = match self {
             Self::Candle(l) => return l.forward(x),
+            Self::Quant { w, b } => {
+                let y = w.forward(&x.to_dtype(DType::F32)?)?;
+                return match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+            Self::Stacked(parts) => {
+                let outs = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                return Tensor::cat(&outs, candle_core::D::Minus1);
+            }
             _ => self.dims(),
         };
         let mut shape = x.dims().to_vec();
@@ -83,7 +121,7 @@ impl Proj {
         match self {
             Self::Packed(p) => inhaus_kernels::dense::linear_wide(&xv, p, &mut out),
             Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(&xv, p, &mut out),
-            Self::Candle(_) => {}
+            Self::Candle(_) | Self::Quant { .. } | Self::Stacked(_) => {}
         }
         if let Some(last) = shape.last_mut() {
             *last = n;
@@ -97,6 +135,8 @@ impl Proj {
 pub enum Embed {
     Tensor(Tensor),
     HeadRows,
+    /// A GGUF file's quantized embeddings, rows dequantized on lookup.
+    Quant(Arc<QTensor>),
 }
 
 pub struct LayerWeights {
@@ -130,8 +170,17 @@ impl DecoderWeights {
     pub fn embed(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         let (k, n, row): (usize, usize, &RowReader) = match (&self.embed, &self.lm_head) {
             (Embed::Tensor(t), _) => return t.index_select(&Tensor::new(ids, device)?, 0),
+            (Embed::Quant(q), _) => {
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= q.shape().dims()[0]) {
+                    candle_core::bail!("token id {id} outside the embeddings");
+                }
+                return q.embedding(&Tensor::new(ids, device)?);
+            }
             (Embed::HeadRows, Proj::Candle(l)) => {
                 return l.weight().index_select(&Tensor::new(ids, device)?, 0)
+            }
+            (Embed::HeadRows, Proj::Quant { .. } | Proj::Stacked(_)) => {
+                candle_core::bail!("the output head holds no embedding rows")
             }
             (Embed::HeadRows, Proj::Packed(p)) => (p.in_features(), p.out_features(), &|j, out| {
                 p.weight_row(j, out)

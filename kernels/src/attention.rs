@@ -11,15 +11,35 @@
 //! overlap (two tasks writing one row would race); arguments that fail panic with the reason
 //! ([`try_paged_attention`] returns it instead).
 use crate::dot::{axpy_f32, dot_f32, f16_to_f32};
+use crate::flash_attention::{flash_tile, FlashBufs, QT};
 use crate::ops::softmax_inplace;
 use crate::pool::parallel_for;
 use half::f16;
 
+/// An element type of a KV cache: f16 (the own-kernel GGUF path, as llama.cpp keeps it) or f32
+/// (the candle decoder's CPU cache).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// `src` widened into `dst` (same length).
+    fn to_f32(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElem for f16 {
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        f16_to_f32(src, dst)
+    }
+}
+
+impl KvElem for f32 {
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+}
+
 /// One layer's K and V storage, borrowed.
 #[derive(Clone, Copy)]
-pub struct KvLayer<'a> {
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+pub struct KvLayer<'a, T = f16> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub block_size: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -78,6 +98,8 @@ pub fn write_kv(
 thread_local! {
     /// Per-thread scores and converted K/V row, reused across calls.
     static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    /// Per-thread buffers of the blocked (flash) tiles.
+    static FLASH: std::cell::RefCell<FlashBufs> = std::cell::RefCell::new(FlashBufs::default());
 }
 
 /// The output pointer shared by the tasks of one call.
@@ -88,6 +110,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 // SAFETY: as for `Send`: shared only to write disjoint, in-bounds regions.
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Why [`paged_attention`]'s arguments cannot be used (a caller's programming error).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,11 +141,11 @@ fn mul(a: usize, b: usize, what: &str) -> Result<usize, AttnArgsError> {
 }
 
 /// Checks everything the kernel's unchecked writes and per-task indexing rely on.
-fn check_args(
+fn check_args<T>(
     q: &[f32],
     out: &[f32],
     seqs: &[AttnSeq],
-    kv: &KvLayer,
+    kv: &KvLayer<T>,
     p: &AttnParams,
 ) -> Result<(), AttnArgsError> {
     if kv.n_kv_heads == 0 || kv.block_size == 0 || p.n_heads == 0 {
@@ -192,11 +221,20 @@ fn check_args(
 /// Query tokens of one sequence handled together: each cached K/V row is converted to f32 once and
 /// used by every token and query head of the tile.
 const TOKEN_TILE: usize = 8;
+/// Chunks of at least this many tokens (prefill) run in blocked tiles of [`QT`] tokens
+/// ([`crate::flash_attention`]).
+const FLASH_MIN: usize = 32;
 
 /// `out` (tokens × n_heads × head_dim) = softmax(q·kᵀ · scale) · v over each sequence's cached positions.
 ///
 /// Panics when the arguments do not fit together (see [`try_paged_attention`]).
-pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLayer, p: &AttnParams) {
+pub fn paged_attention<T: KvElem>(
+    q: &[f32],
+    out: &mut [f32],
+    seqs: &[AttnSeq],
+    kv: &KvLayer<T>,
+    p: &AttnParams,
+) {
     if let Err(e) = try_paged_attention(q, out, seqs, kv, p) {
         panic!("{e}");
     }
@@ -206,11 +244,11 @@ pub fn paged_attention(q: &[f32], out: &mut [f32], seqs: &[AttnSeq], kv: &KvLaye
 /// for a sequence's tokens, sequences sharing query tokens, a block table too short for its positions
 /// or naming a block outside the cache, `n_heads` not a multiple of `n_kv_heads`, or a zero size.
 /// Nothing is written then.
-pub fn try_paged_attention(
+pub fn try_paged_attention<T: KvElem>(
     q: &[f32],
     out: &mut [f32],
     seqs: &[AttnSeq],
-    kv: &KvLayer,
+    kv: &KvLayer<T>,
     p: &AttnParams,
 ) -> Result<(), AttnArgsError> {
     check_args(q, out, seqs, kv, p)?;
@@ -220,17 +258,43 @@ pub fn try_paged_attention(
     let kv_dim = kv.n_kv_heads * hd;
     let mut items = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
-        for t0 in (0..seq.n_tokens).step_by(TOKEN_TILE) {
+        let tile = if seq.n_tokens >= FLASH_MIN {
+            QT
+        } else {
+            TOKEN_TILE
+        };
+        for t0 in (0..seq.n_tokens).step_by(tile) {
             for h in 0..kv.n_kv_heads {
-                items.push((s, t0, h));
+                items.push((s, t0, h, tile));
             }
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(items.len(), |item| {
-        let (s, t0, kvh) = items[item];
+        let (s, t0, kvh, tile) = items[item];
         let seq = &seqs[s];
-        let t1 = (t0 + TOKEN_TILE).min(seq.n_tokens);
+        let t1 = (t0 + tile).min(seq.n_tokens);
+        if tile == QT && seq.n_tokens >= FLASH_MIN {
+            FLASH.with(|b| {
+                let b = &mut *b.borrow_mut();
+                flash_tile(q, seq, t0, t1, kvh, kv, p, b);
+                for (r, src) in b.o.chunks_exact(hd).enumerate() {
+                    let qrow = seq.token_start + t0 + r / group;
+                    let h = kvh * group + r % group;
+                    // SAFETY: `(qrow + 1) * q_stride <= out.len()` and token ranges are disjoint
+                    // (`check_args`), and head h < n_heads of token `qrow` belongs to this (tile,
+                    // KV head) item only, so this is the only live reference to these `hd` values.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.get().add(qrow * q_stride + h * hd),
+                            hd,
+                        )
+                    };
+                    o.copy_from_slice(src);
+                }
+            });
+            return;
+        }
         let window_lo = |pos: usize| match p.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
@@ -253,7 +317,7 @@ pub fn try_paged_attention(
         };
         for j in lo..=hi {
             let base = slot_of(j) * kv_dim + kvh * hd;
-            f16_to_f32(&kv.k[base..base + hd], row);
+            T::to_f32(&kv.k[base..base + hd], row);
             for t in t0..t1 {
                 let pos = seq.first_pos + t;
                 if j > pos || j < window_lo(pos) {
@@ -295,7 +359,7 @@ pub fn try_paged_attention(
         }
         for j in lo..=hi {
             let base = slot_of(j) * kv_dim + kvh * hd;
-            f16_to_f32(&kv.v[base..base + hd], row);
+            T::to_f32(&kv.v[base..base + hd], row);
             for t in t0..t1 {
                 let pos = seq.first_pos + t;
                 if j > pos || j < window_lo(pos) {

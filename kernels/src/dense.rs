@@ -56,21 +56,21 @@ macro_rules! dispatch {
             unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            match level() {
-                Level::Avx512 => {
+            match $crate::dense::level() {
+                $crate::dense::Level::Avx512 => {
                     #[allow(dead_code)]
                     const FMA: bool = true;
                     // SAFETY: `level()` returns `Avx512` only after detecting AVX-512F, AVX2 and FMA
                     // on this CPU.
                     unsafe { run_avx512(|| $body) }
                 }
-                Level::Avx2 => {
+                $crate::dense::Level::Avx2 => {
                     #[allow(dead_code)]
                     const FMA: bool = true;
                     // SAFETY: `level()` returns `Avx2` only after detecting AVX2 and FMA.
                     unsafe { run_avx2(|| $body) }
                 }
-                Level::Scalar => {
+                $crate::dense::Level::Scalar => {
                     #[allow(dead_code)]
                     const FMA: bool = false;
                     $body

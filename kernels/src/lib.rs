@@ -5,7 +5,8 @@
 //! - [`dot`]: one dot product per block format pair, scalar and SIMD, chosen at run time.
 //! - [`matmul`]: quantized matrix × batch of activation rows, each weight row read once per call.
 //! - [`packed`], [`packed_k`]: weights re-laid in 8-row groups for VNNI GEMV/GEMM.
-//! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads.
+//! - [`attention`]: attention over a paged KV cache, parallel over tokens × KV heads;
+//!   [`flash_attention`]: its blocked tiles for long (prefill) chunks.
 //! - [`dense`]: f32 GEMM on packed weights, LayerNorm, GELU and packed-sequence attention (BERT encoders).
 //! - [`dense_bf16`]: the same GEMM with bfloat16 weights (AVX512-BF16 `vdpbf16ps` where the CPU has it).
 //! - [`pool`]: the spinning compute thread pool every parallel kernel runs on.
@@ -18,6 +19,7 @@ pub mod cpu;
 pub mod dense;
 pub mod dense_bf16;
 pub mod dot;
+pub mod flash_attention;
 pub mod matmul;
 pub mod ops;
 pub mod packed;

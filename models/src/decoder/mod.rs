@@ -20,6 +20,7 @@ use crate::error::ModelError;
 use crate::Result;
 use attention::{seq_attention, AttnParams, SeqAttn};
 use candle_core::{DType, Device, Tensor, D};
+use inhaus_kernels::attention::{try_paged_attention, AttnSeq};
 pub use paged_kv::PagedKv;
 pub use spec::{Act, DecoderSpec};
 use std::path::Path;
@@ -52,6 +53,46 @@ fn in_dtype(scale: f64, dtype: DType) -> f64 {
         DType::BF16 => half::bf16::from_f64(scale).to_f64(),
         DType::F16 => half::f16::from_f64(scale).to_f64(),
         _ => scale,
+    }
+}
+
+/// Attention of every sequence of the step through inhaus's own kernel, where the cache is host
+/// memory in f32 (the CPU path): `[tokens, heads·head_dim]`; `None` elsewhere.
+fn host_attention(
+    q: &Tensor,
+    seqs: &[SeqAttn],
+    cache: &PagedKv,
+    layer: usize,
+    p: &AttnParams,
+) -> candle_core::Result<Option<Tensor>> {
+    let (n, nh, hd) = q.dims3()?;
+    if !q.device().is_cpu() || q.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let qv = q.flatten_all()?.to_vec1::<f32>()?;
+    let attn_seqs: Vec<AttnSeq> = seqs
+        .iter()
+        .map(|s| AttnSeq {
+            token_start: s.row,
+            n_tokens: s.n_tokens,
+            first_pos: s.start_pos,
+            block_table: s.block_table,
+        })
+        .collect();
+    let params = inhaus_kernels::attention::AttnParams {
+        n_heads: p.n_heads,
+        scale: p.scale as f32,
+        window: p.window,
+        softcap: p.softcap.map(|c| c as f32),
+    };
+    let mut out = vec![0f32; n * nh * hd];
+    let done = cache.with_host_layer(layer, |kv| {
+        try_paged_attention(&qv, &mut out, &attn_seqs, kv, &params)
+    })?;
+    match done {
+        None => Ok(None),
+        Some(Err(e)) => Err(candle_core::Error::Msg(e.to_string())),
+        Some(Ok(())) => Tensor::from_vec(out, (n, nh * hd), q.device()).map(Some),
     }
 }
 
@@ -235,14 +276,19 @@ impl CandleDecoder {
                 softcap: s.attn_softcap,
                 window: la.window,
             };
-            let outs = seqs
-                .iter()
-                .map(|sq| {
-                    let qs = q.narrow(0, sq.row, sq.n_tokens)?;
-                    seq_attention(&qs, sq, cache, li, &params)
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let attn = Tensor::cat(&outs, 0)?.to_dtype(self.act)?;
+            let attn = match host_attention(&q, &seqs, cache, li, &params)? {
+                Some(a) => a,
+                None => {
+                    let outs = seqs
+                        .iter()
+                        .map(|sq| {
+                            let qs = q.narrow(0, sq.row, sq.n_tokens)?;
+                            seq_attention(&qs, sq, cache, li, &params)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::cat(&outs, 0)?.to_dtype(self.act)?
+                }
+            };
             let mut o = lw.o.forward(&attn)?;
             if let Some(wn) = &lw.post_attn_norm {
                 o = norm(&o, wn, s.rms_eps, self.act)?;

@@ -2,7 +2,8 @@
 //! `num_blocks * block_size` token slots × KV heads × head dim, on the model's device and in its
 //! dtype. New tokens are scattered into their slots; a sequence's context is gathered through its
 //! block table.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
+use inhaus_kernels::attention::KvLayer;
 
 pub struct PagedKv {
     pub block_size: usize,
@@ -79,6 +80,34 @@ impl PagedKv {
     pub fn gather(&self, layer: usize, slots: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (ck, cv) = &self.layers[layer];
         Ok((ck.index_select(slots, 0)?, cv.index_select(slots, 0)?))
+    }
+
+    /// Runs `f` on layer `layer`'s keys and values as host memory, where the cache lives there in
+    /// f32 (the CPU path, for inhaus's own attention kernel); `None` elsewhere.
+    pub fn with_host_layer<R>(
+        &self,
+        layer: usize,
+        f: impl FnOnce(&KvLayer<'_, f32>) -> R,
+    ) -> candle_core::Result<Option<R>> {
+        let (ck, cv) = &self.layers[layer];
+        let (ks, kl) = ck.storage_and_layout();
+        let (vs, vl) = cv.storage_and_layout();
+        let (Storage::Cpu(k), Storage::Cpu(v)) = (&*ks, &*vs) else {
+            return Ok(None);
+        };
+        if ck.dtype() != DType::F32 || !kl.is_contiguous() || !vl.is_contiguous() {
+            return Ok(None);
+        }
+        let n = ck.elem_count();
+        let k = &k.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + n];
+        let v = &v.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + n];
+        Ok(Some(f(&KvLayer {
+            k,
+            v,
+            block_size: self.block_size,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        })))
     }
 
     /// Copies block `src` into block `dst` in every layer (copy-on-write of a shared block).

@@ -187,39 +187,58 @@ fn gemm_panels(
 ) {
     let (pairs, n) = (w.pairs, w.n);
     let col0 = panels.start * NR;
+    let tiles = mb.div_ceil(MR);
+    // This pass's slice of `a`, re-laid tile by tile as `[q][MR rows]` so that a step of the
+    // micro-kernel reads its rows' pairs from one half cache line (rows past `mb` repeat the last).
+    let mut packed = vec![0u32; tiles * KC2 * MR];
     let mut q0 = 0;
     while q0 < pairs {
         let kc = KC2.min(pairs - q0);
+        // One row (decode) is read in place.
+        for t in (0..tiles).filter(|_| mb > 1) {
+            let tile = &mut packed[t * kc * MR..(t + 1) * kc * MR];
+            for r in 0..MR {
+                let row = (t * MR + r).min(mb - 1);
+                let src = &a[row * pairs + q0..row * pairs + q0 + kc];
+                for (q, &v) in src.iter().enumerate() {
+                    tile[q * MR + r] = v;
+                }
+            }
+        }
         for p in panels.clone() {
             let ncols = NR.min(n - p * NR);
             let base = p * pairs * NR;
             let b = &w.panels[base + q0 * NR..base + (q0 + kc) * NR];
             let bias = (q0 == 0).then(|| &w.bias[p * NR..(p + 1) * NR]);
-            let mut r = 0;
-            while r < mb {
-                let mr = MR.min(mb - r);
-                let t = Tile {
-                    a: &a[r * pairs + q0..],
-                    lda: pairs,
+            for t in 0..tiles {
+                let r = t * MR;
+                let (a, step) = if mb == 1 {
+                    (&a[q0..q0 + kc], 1)
+                } else {
+                    (&packed[t * kc * MR..(t + 1) * kc * MR], MR)
+                };
+                let tile = Tile {
+                    a,
+                    step,
                     b,
                     kc,
-                    mr,
+                    mr: MR.min(mb - r),
                     ncols,
                     bias,
                 };
-                t.run(&mut c[r * ldc + p * NR - col0..], ldc, kern);
-                r += mr;
+                tile.run(&mut c[r * ldc + p * NR - col0..], ldc, kern);
             }
         }
         q0 += kc;
     }
 }
 
-/// One micro-tile: `c[mr, ncols] (+)= a[mr, kc] · b[kc, NR]` over `kc` pairs (row stride of `a`:
-/// `lda` pairs; `b` is `kc × NR` pairs), starting from the bias (when given) instead of `c`.
+/// One micro-tile: `c[mr, ncols] (+)= a[mr, kc] · b[kc, NR]` over `kc` pairs (row `r` of step `q`
+/// at `a[q * step + r]`: `step` is `MR` for a packed tile, 1 for a single row; `b` is `kc × NR`
+/// pairs), starting from the bias (when given) instead of `c`.
 struct Tile<'a> {
     a: &'a [u32],
-    lda: usize,
+    step: usize,
     b: &'a [u32],
     kc: usize,
     mr: usize,
@@ -233,7 +252,11 @@ impl Tile<'_> {
         let (mr, kc, ncols) = (self.mr, self.kc, self.ncols);
         assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && kc >= 1);
         assert!(self.b.len() >= kc * NR);
-        assert!(self.a.len() >= (mr - 1) * self.lda + kc && c.len() >= (mr - 1) * ldc + ncols);
+        assert!(self.step == MR || (self.step == 1 && mr == 1));
+        // A packed tile holds all `MR` rows of every step (the kernel reads them all).
+        let rows_read = if self.step == MR { MR } else { 1 };
+        assert!(self.a.len() >= (kc - 1) * self.step + rows_read);
+        assert!(c.len() >= (mr - 1) * ldc + ncols);
         assert!(self.bias.is_none_or(|b| b.len() >= NR));
         match kern {
             #[cfg(target_arch = "x86_64")]
@@ -276,7 +299,7 @@ fn kernel_widen<const FMA: bool>(t: &Tile, c: &mut [f32], ldc: usize) {
             hi[j] = bf16_to_f32((bq[j] >> 16) as u16);
         }
         for r in 0..t.mr {
-            let pair = t.a[r * t.lda + q];
+            let pair = t.a[q * t.step + r];
             let (a0, a1) = (bf16_to_f32(pair as u16), bf16_to_f32((pair >> 16) as u16));
             for j in 0..NR {
                 acc[r][j] = madd::<FMA>(a1, hi[j], madd::<FMA>(a0, lo[j], acc[r][j]));
@@ -326,18 +349,16 @@ unsafe fn kernel_dpbf16<const R: usize>(t: &Tile, c: &mut [f32], ldc: usize) {
             }
         }
     }
-    // Rows past `mr` recompute the last real row (in bounds) and are not stored.
-    let mut rows = [t.a.as_ptr(); MR];
-    for (r, p) in rows.iter_mut().enumerate() {
-        *p = t.a.as_ptr().add(r.min(mr - 1) * t.lda);
-    }
+    // Rows past `mr` hold a copy of the last real row (see `gemm_panels`) and are not stored.
+    let ap = t.a.as_ptr();
     let bp = t.b.as_ptr();
     for q in 0..t.kc {
         // SAFETY (transmutes): `__m512i` and `__m512bh` are both 64 plain bytes.
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR).cast()));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16).cast()));
         for r in 0..R {
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*rows[r].add(q) as i32));
+            let av: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(*ap.add(q * t.step + r) as i32));
             acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], av, b0);
             acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
         }

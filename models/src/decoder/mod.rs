@@ -7,9 +7,11 @@
 //! - [`rope`]: RoPE frequencies and their scalings.
 //! - [`weights`]: safetensors into (fused) device tensors; [`gguf`]: GGUF files, kept quantized.
 //! - [`paged_kv`]: the cache; [`attention`]: one sequence's attention over it.
+//! - [`host`]: the same step on host buffers, where every projection runs through a packed CPU GEMM.
 pub mod attention;
 pub mod gguf;
 pub mod hf_config;
+pub mod host;
 pub mod paged_kv;
 pub mod rope;
 pub mod spec;
@@ -40,6 +42,9 @@ pub struct CandleDecoder {
     pub act: DType,
     pub device: Device,
     weights: DecoderWeights,
+    /// Host copies of the vectors, where every projection is packed: the step then runs on host
+    /// buffers ([`host`]).
+    host: Option<host::HostWeights>,
 }
 
 /// RMSNorm in f32 over the last dimension, back in `dtype`.
@@ -109,6 +114,7 @@ impl CandleDecoder {
         let spec = hf_config::spec_from_hf_config(&text, src.has("lm_head.weight"))
             .map_err(ModelError::Unsupported)?;
         let weights = load_hf(&src, &spec).map_err(backend)?;
+        let host = host::HostWeights::new(&weights).map_err(backend)?;
         let act = if weights::packed_on(device, dtype) {
             DType::F32
         } else {
@@ -120,6 +126,7 @@ impl CandleDecoder {
             act,
             device: device.clone(),
             weights,
+            host,
         })
     }
 
@@ -133,6 +140,7 @@ impl CandleDecoder {
             act: DType::F32,
             device: device.clone(),
             weights,
+            host: None,
         })
     }
 
@@ -212,6 +220,15 @@ impl CandleDecoder {
     }
 
     fn forward_checked(&self, batch: &Batch, cache: &PagedKv) -> candle_core::Result<StepLogits> {
+        if let (Some(hw), false) = (&self.host, batch.seqs.is_empty()) {
+            let scale = self
+                .spec
+                .embed_scale
+                .map(|s| in_dtype(s, self.dtype) as f32);
+            if let Some(out) = host::forward(&self.spec, &self.weights, hw, scale, batch, cache)? {
+                return Ok(out);
+            }
+        }
         let s = &self.spec;
         let dev = &self.device;
         let n = batch.num_tokens();

@@ -92,6 +92,21 @@ impl Proj {
         }
     }
 
+    /// `x · Wᵀ (+ b)` for rows of f32 in host memory; only the packed GEMMs take them.
+    pub fn forward_host(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let [n, k] = self.dims();
+        if k == 0 || !x.len().is_multiple_of(k) {
+            candle_core::bail!("a {k}-wide weight applied to {} values", x.len());
+        }
+        let mut out = vec![0f32; x.len() / k * n];
+        match self {
+            Self::Packed(p) => inhaus_kernels::dense::linear_wide(x, p, &mut out),
+            Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(x, p, &mut out),
+            _ => candle_core::bail!("a projection that is not packed on the host"),
+        }
+        Ok(out)
+    }
+
     /// `x · Wᵀ (+ b)`; the packed GEMMs take and give f32.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [n, k] = match self {

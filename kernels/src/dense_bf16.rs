@@ -197,11 +197,13 @@ fn gemm_panels(
         // One row (decode) is read in place.
         for t in (0..tiles).filter(|_| mb > 1) {
             let tile = &mut packed[t * kc * MR..(t + 1) * kc * MR];
-            for r in 0..MR {
+            let src: [&[u32]; MR] = std::array::from_fn(|r| {
                 let row = (t * MR + r).min(mb - 1);
-                let src = &a[row * pairs + q0..row * pairs + q0 + kc];
-                for (q, &v) in src.iter().enumerate() {
-                    tile[q * MR + r] = v;
+                &a[row * pairs + q0..row * pairs + q0 + kc]
+            });
+            for (q, dst) in tile.chunks_exact_mut(MR).enumerate() {
+                for (d, s) in dst.iter_mut().zip(&src) {
+                    *d = s[q];
                 }
             }
         }

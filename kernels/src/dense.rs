@@ -836,20 +836,23 @@ fn attend_in(
     }
 }
 
+/// `n` pseudo-random values in [-1, 1) from `seed` (a 64-bit LCG), for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_rnd(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_rnd as rnd;
     use super::*;
-
-    fn rnd(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
 
     #[test]
     #[cfg_attr(

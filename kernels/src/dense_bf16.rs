@@ -374,17 +374,7 @@ unsafe fn kernel_dpbf16<const R: usize>(t: &Tile, c: &mut [f32], ldc: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rnd(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::dense::test_rnd as rnd;
 
     /// f64 sums of the bf16-rounded inputs and weights: what the kernels must match up to f32
     /// accumulation.

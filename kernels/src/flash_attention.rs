@@ -215,18 +215,8 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use crate::attention::{try_paged_attention, AttnParams, AttnSeq, KvElem, KvLayer};
+    use crate::dense::test_rnd as rnd;
     use half::f16;
-
-    fn rnd(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// softmax(q·kᵀ·scale, capped, causal, windowed) · v in f64 over the cache as stored.
     #[allow(clippy::too_many_arguments)]

@@ -85,6 +85,15 @@ fn par_rows(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     });
 }
 
+/// `x += y`, row by row on the compute pool.
+fn add_rows(x: &mut [f32], y: &[f32], width: usize) {
+    par_rows(x, width, |r, row| {
+        for (a, b) in row.iter_mut().zip(&y[r * width..(r + 1) * width]) {
+            *a += b;
+        }
+    });
+}
+
 /// `1 / sqrt(mean(row²) + eps)` in f32, as Hugging Face's RMSNorm computes it.
 fn rms_scale(row: &[f32], eps: f32) -> f32 {
     let mut lanes = [0f32; 16];
@@ -230,11 +239,7 @@ pub fn forward(
         if let Some(w) = &hl.post_attn_norm {
             rms_inplace(&mut o, w, eps);
         }
-        par_rows(&mut x, hid, |r, row| {
-            for (a, b) in row.iter_mut().zip(&o[r * hid..(r + 1) * hid]) {
-                *a += b;
-            }
-        });
+        add_rows(&mut x, &o, hid);
         drop(o);
 
         par_rows(&mut h, hid, |r, out| {
@@ -254,11 +259,7 @@ pub fn forward(
         if let Some(w) = &hl.post_ffn_norm {
             rms_inplace(&mut o, w, eps);
         }
-        par_rows(&mut x, hid, |r, row| {
-            for (a, b) in row.iter_mut().zip(&o[r * hid..(r + 1) * hid]) {
-                *a += b;
-            }
-        });
+        add_rows(&mut x, &o, hid);
     }
 
     let (seq_rows, wanted) = batch.wanted_rows();

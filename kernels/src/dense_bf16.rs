@@ -209,8 +209,13 @@ fn gemm_panels(
         }
         for p in panels.clone() {
             let ncols = NR.min(n - p * NR);
-            let base = p * pairs * NR;
-            let b = &w.panels[base + q0 * NR..base + (q0 + kc) * NR];
+            let slice = |p: usize| {
+                let base = p * pairs * NR;
+                &w.panels[base + q0 * NR..base + (q0 + kc) * NR]
+            };
+            let b = slice(p);
+            // The next panel's slice, fetched into the cache while the last tile runs on this one.
+            let next = if p + 1 < panels.end { slice(p + 1) } else { b };
             let bias = (q0 == 0).then(|| &w.bias[p * NR..(p + 1) * NR]);
             for t in 0..tiles {
                 let r = t * MR;
@@ -223,6 +228,7 @@ fn gemm_panels(
                     a,
                     step,
                     b,
+                    prefetch: if t + 1 == tiles { next } else { b },
                     kc,
                     mr: MR.min(mb - r),
                     ncols,
@@ -242,6 +248,8 @@ struct Tile<'a> {
     a: &'a [u32],
     step: usize,
     b: &'a [u32],
+    /// A slice of `b`'s length to fetch into the cache meanwhile (the next panel's, or `b`).
+    prefetch: &'a [u32],
     kc: usize,
     mr: usize,
     ncols: usize,
@@ -253,7 +261,7 @@ impl Tile<'_> {
     fn run(&self, c: &mut [f32], ldc: usize, kern: Kernel) {
         let (mr, kc, ncols) = (self.mr, self.kc, self.ncols);
         assert!((1..=MR).contains(&mr) && (1..=NR).contains(&ncols) && kc >= 1);
-        assert!(self.b.len() >= kc * NR);
+        assert!(self.b.len() >= kc * NR && self.prefetch.len() >= kc * NR);
         assert!(self.step == MR || (self.step == 1 && mr == 1));
         // A packed tile holds all `MR` rows of every step (the kernel reads them all).
         let rows_read = if self.step == MR { MR } else { 1 };
@@ -354,7 +362,10 @@ unsafe fn kernel_dpbf16<const R: usize>(t: &Tile, c: &mut [f32], ldc: usize) {
     // Rows past `mr` hold a copy of the last real row (see `gemm_panels`) and are not stored.
     let ap = t.a.as_ptr();
     let bp = t.b.as_ptr();
+    let pf = t.prefetch.as_ptr();
     for q in 0..t.kc {
+        _mm_prefetch::<_MM_HINT_T0>(pf.add(q * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(pf.add(q * NR + 16).cast());
         // SAFETY (transmutes): `__m512i` and `__m512bh` are both 64 plain bytes.
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR).cast()));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16).cast()));

@@ -258,23 +258,21 @@ pub fn try_paged_attention<T: KvElem>(
     let kv_dim = kv.n_kv_heads * hd;
     let mut items = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
-        let tile = if seq.n_tokens >= FLASH_MIN {
-            QT
-        } else {
-            TOKEN_TILE
-        };
+        let flash = seq.n_tokens >= FLASH_MIN;
+        let tile = if flash { QT } else { TOKEN_TILE };
         for t0 in (0..seq.n_tokens).step_by(tile) {
             for h in 0..kv.n_kv_heads {
-                items.push((s, t0, h, tile));
+                items.push((s, t0, h, flash));
             }
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(items.len(), |item| {
-        let (s, t0, kvh, tile) = items[item];
+        let (s, t0, kvh, flash) = items[item];
         let seq = &seqs[s];
+        let tile = if flash { QT } else { TOKEN_TILE };
         let t1 = (t0 + tile).min(seq.n_tokens);
-        if tile == QT && seq.n_tokens >= FLASH_MIN {
+        if flash {
             FLASH.with(|b| {
                 let b = &mut *b.borrow_mut();
                 flash_tile(q, seq, t0, t1, kvh, kv, p, b);

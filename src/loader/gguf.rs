@@ -44,7 +44,7 @@ pub fn load(
         None => Forward::Native(arch::load_gguf(&file)?),
         Some(choice) => {
             let device = super::hf::device(choice)?;
-            Forward::Candle(CandleDecoder::load_gguf(&resolved.path, &device)?)
+            Forward::Candle(CandleDecoder::load_gguf(&file, &resolved.path, &device)?)
         }
     };
     let tokenizer = ModelTokenizer::from_gguf(&file)?;

@@ -207,28 +207,29 @@ pub fn load(name: &str) -> Result<LoadedModel, LoadError> {
     load_with(name, &LoadOptions::default())
 }
 
+/// A Hugging Face `kind` (folder or repo) runs on the candle decoder: `--backend native` is refused.
+fn refuse_native(opts: &LoadOptions, name: &str, kind: &str) -> Result<(), LoadError> {
+    if opts.backend == BackendChoice::Native {
+        return Err(LoadError::Options(format!(
+            "{name} is a Hugging Face {kind}, which runs on the candle backend; --backend native \
+             takes a GGUF file"
+        )));
+    }
+    Ok(())
+}
+
 /// Loads `name`: a catalog alias, a `.gguf` file, a Hugging Face folder or a repo id.
 pub fn load_with(name: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let path = Path::new(name);
     if path.is_dir() {
-        if opts.backend == BackendChoice::Native {
-            return Err(LoadError::Options(format!(
-                "{name} is a Hugging Face folder, which runs on the candle backend; --backend native \
-                 takes a GGUF file"
-            )));
-        }
+        refuse_native(opts, name, "folder")?;
         return hf::load(path, name, None, opts);
     }
     if catalog::find(name).is_none() && !path.exists() {
         if let Some(repo) = hub::RepoRef::parse(name) {
             let snapshot = hub::resolve(&repo)?;
             let dir = snapshot.dir.clone();
-            if opts.backend == BackendChoice::Native {
-                return Err(LoadError::Options(format!(
-                    "{name} is a Hugging Face repo, which runs on the candle backend; --backend \
-                     native takes a GGUF file"
-                )));
-            }
+            refuse_native(opts, name, "repo")?;
             return hf::load(&dir, &repo.id, Some(snapshot), opts);
         }
     }

@@ -7,6 +7,7 @@
 //! llama.cpp's (`blk.N.attn_q.weight`, ...). Two of the converter's conventions carry over: Llama's
 //! q/k rows are permuted for RoPE over adjacent pairs (so the spec rotates interleaved pairs), and
 //! Gemma's norm weights already hold `1 + w` (so no offset is added).
+use super::backend;
 use super::rope::{rope_spec, RopeScaling};
 use super::spec::{Act, DecoderSpec, LayerAttn};
 use super::weights::{DecoderWeights, Embed, LayerWeights, Proj};
@@ -19,10 +20,6 @@ use candle_core::{DType, Device, Tensor};
 use inhaus_kernels::ops::RopeStyle;
 use std::path::Path;
 use std::sync::Arc;
-
-fn backend(e: candle_core::Error) -> ModelError {
-    ModelError::Backend(e.to_string())
-}
 
 /// The candle decoder's description of the architecture in `config` (read from GGUF metadata).
 pub fn spec_from_config(c: &ModelConfig, tied_embeddings: bool) -> Result<DecoderSpec> {
@@ -134,14 +131,16 @@ impl GgufSource {
     }
 }
 
-/// Loads the GGUF file at `path` onto `device` (activations in f32).
-pub fn load(path: &Path, device: &Device) -> Result<(DecoderSpec, DecoderWeights)> {
+/// Loads the GGUF file at `path` (whose metadata `meta` has read) onto `device` (activations in
+/// f32).
+pub fn load(
+    meta: &GgufFile,
+    path: &Path,
+    device: &Device,
+) -> Result<(DecoderSpec, DecoderWeights)> {
     let shown = path.display().to_string();
-    let meta = GgufFile::open(path)?;
-    let config = crate::arch::config_from_gguf(&meta)?;
-    let tied = !meta.has_tensor("output.weight");
-    let spec = spec_from_config(&config, tied)?;
-    drop(meta);
+    let config = crate::arch::config_from_gguf(meta)?;
+    let spec = spec_from_config(&config, !meta.has_tensor("output.weight"))?;
     let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io {
         path: shown.clone(),
         source,

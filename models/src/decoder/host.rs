@@ -134,7 +134,7 @@ pub fn forward(
     embed_scale: Option<f32>,
     batch: &Batch,
     cache: &PagedKv,
-) -> candle_core::Result<Option<StepLogits>> {
+) -> candle_core::Result<StepLogits> {
     let s = spec;
     let n = batch.num_tokens();
     let (hd, nh, nkv) = (s.head_dim, s.n_heads, s.n_kv_heads);
@@ -231,7 +231,7 @@ pub fn forward(
         match done {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(candle_core::Error::Msg(e.to_string())),
-            None => return Ok(None),
+            None => candle_core::bail!("the host step needs an f32 KV cache in host memory"),
         }
         drop(q);
         let mut o = lw.o.forward_host(&attn)?;
@@ -275,11 +275,11 @@ pub fn forward(
             values.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
     }
-    Ok(Some(StepLogits {
+    Ok(StepLogits {
         vocab: s.vocab,
         values,
         seq_rows,
-    }))
+    })
 }
 
 /// `out = act(gate) * up`, element by element.

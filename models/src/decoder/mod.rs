@@ -130,10 +130,10 @@ impl CandleDecoder {
         })
     }
 
-    /// Loads a GGUF file onto `device`: quantized matrices through candle's quantized matmul,
-    /// activations in f32.
-    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
-        let (spec, weights) = gguf::load(path, device)?;
+    /// Loads the GGUF file at `path` (its metadata read into `meta`) onto `device`: quantized
+    /// matrices through candle's quantized matmul, activations in f32.
+    pub fn load_gguf(meta: &crate::GgufFile, path: &Path, device: &Device) -> Result<Self> {
+        let (spec, weights) = gguf::load(meta, path, device)?;
         Ok(Self {
             spec,
             dtype: DType::F32,
@@ -225,9 +225,7 @@ impl CandleDecoder {
                 .spec
                 .embed_scale
                 .map(|s| in_dtype(s, self.dtype) as f32);
-            if let Some(out) = host::forward(&self.spec, &self.weights, hw, scale, batch, cache)? {
-                return Ok(out);
-            }
+            return host::forward(&self.spec, &self.weights, hw, scale, batch, cache);
         }
         let s = &self.spec;
         let dev = &self.device;

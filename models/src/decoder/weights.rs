@@ -132,12 +132,7 @@ impl Proj {
             candle_core::bail!("a {k}-wide weight applied to {shape:?}");
         }
         let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; xv.len() / k * n];
-        match self {
-            Self::Packed(p) => inhaus_kernels::dense::linear_wide(&xv, p, &mut out),
-            Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(&xv, p, &mut out),
-            Self::Candle(_) | Self::Quant { .. } | Self::Stacked(_) => {}
-        }
+        let out = self.forward_host(&xv)?;
         if let Some(last) = shape.last_mut() {
             *last = n;
         }

@@ -91,19 +91,43 @@ enum Command {
         #[arg(long, default_value = "markdown", value_parser = ["markdown", "json"])]
         format: String,
     },
-    /// Measure prefill and decode speed; prints one JSON line.
+    /// Benchmarks: `bench model` (one model's prefill and decode speed, in-process), `bench serve`
+    /// (an OpenAI-compatible server under load), `bench plot` (saved serve runs in one chart).
+    /// `inhaus bench --model M ...` is the old form of `bench model`.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
-        #[arg(long, env = "INHAUS_MODEL")]
-        model: Option<String>,
+        #[command(subcommand)]
+        command: Option<BenchCommand>,
         #[command(flatten)]
-        load: LoadArgs,
-        #[arg(long, default_value_t = 512)]
-        prompt_tokens: usize,
-        #[arg(long, default_value_t = 128)]
-        gen_tokens: usize,
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
+        model: BenchModelArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Measure one model's prefill and decode speed in-process (one sequence, as llama-bench
+    /// does); prints one JSON line.
+    Model(BenchModelArgs),
+    /// Load-test an OpenAI-compatible server (inhaus, llama.cpp, vLLM, ...): throughput, TTFT,
+    /// TPOT, ITL, latency and goodput per concurrency or request rate; table, JSON, chart.
+    Serve(Box<inhaus::bench::serve::cli::ServeArgs>),
+    /// Draw several `bench serve --json` results in one chart.
+    Plot(inhaus::bench::serve::cli::PlotArgs),
+}
+
+/// `inhaus bench model`.
+#[derive(clap::Args)]
+struct BenchModelArgs {
+    #[arg(long, env = "INHAUS_MODEL")]
+    model: Option<String>,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
 }
 
 /// How a model is loaded, for the commands that load one outside `serve`.
@@ -725,6 +749,43 @@ fn model_name(m: Option<String>) -> String {
     m.unwrap_or_else(|| inhaus::catalog::default_chat_alias().to_string())
 }
 
+/// `inhaus bench model`: prefill and decode speed of one sequence, one JSON line.
+fn bench_model(args: BenchModelArgs, threads: usize) -> Result<()> {
+    let BenchModelArgs {
+        model,
+        load,
+        prompt_tokens,
+        gen_tokens,
+        repeats,
+    } = args;
+    let m = loader::load_with(&model_name(model), &load.options())?;
+    // The weights' sha256 is hashed on a background thread after loading; let it finish
+    // first, so that it does not take a core from the timed runs.
+    let t = std::time::Instant::now();
+    while m.weights_sha256.get().is_none() && t.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let report = inhaus::bench::speed(&m.model, prompt_tokens, gen_tokens, repeats.max(1))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": m.name,
+            "format": m.source.format,
+            "dtype": m.source.dtype,
+            "device": m.source.device,
+            "backend": m.model.backend(),
+            "threads": threads,
+            "simd": inhaus_kernels::cpu::simd_level().name(),
+            "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens,
+            "repeats": repeats,
+            "prefill_tok_s": report.prefill_tok_s,
+            "decode_tok_s": report.decode_tok_s,
+        })
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     use std::io::IsTerminal;
     // By default: warnings, fetch progress, and one line per HTTP request.
@@ -1044,39 +1105,15 @@ fn main() -> Result<()> {
             let ids = m.tokenizer.encode(&text, false)?;
             println!("{}", serde_json::json!({ "ids": ids }));
         }
-        Command::Bench {
-            model,
-            load,
-            prompt_tokens,
-            gen_tokens,
-            repeats,
-        } => {
-            let m = loader::load_with(&model_name(model), &load.options())?;
-            // The weights' sha256 is hashed on a background thread after loading; let it finish
-            // first, so that it does not take a core from the timed runs.
-            let t = std::time::Instant::now();
-            while m.weights_sha256.get().is_none() && t.elapsed().as_secs() < 120 {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+        Command::Bench { command, model } => match command {
+            None => bench_model(model, threads)?,
+            Some(BenchCommand::Model(args)) => bench_model(args, threads)?,
+            Some(BenchCommand::Serve(args)) => {
+                let argv: Vec<String> = std::env::args().collect();
+                inhaus::bench::serve::cli::serve_main(&args, argv.join(" "))?;
             }
-            let report = inhaus::bench::speed(&m.model, prompt_tokens, gen_tokens, repeats.max(1))?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "model": m.name,
-                    "format": m.source.format,
-                    "dtype": m.source.dtype,
-                    "device": m.source.device,
-                    "backend": m.model.backend(),
-                    "threads": threads,
-                    "simd": inhaus_kernels::cpu::simd_level().name(),
-                    "prompt_tokens": prompt_tokens,
-                    "gen_tokens": gen_tokens,
-                    "repeats": repeats,
-                    "prefill_tok_s": report.prefill_tok_s,
-                    "decode_tok_s": report.decode_tok_s,
-                })
-            );
-        }
+            Some(BenchCommand::Plot(args)) => inhaus::bench::serve::cli::plot_main(&args)?,
+        },
     }
     Ok(())
 }

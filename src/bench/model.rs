@@ -1,5 +1,6 @@
-//! Speed measurement as llama.cpp's `llama-bench` does it: prefill of a prompt of random tokens in one
-//! batch, and decode of `gen` tokens one at a time from an empty context; medians of repeats.
+//! Speed of one model in-process (`inhaus bench model`), measured as llama.cpp's `llama-bench` does it:
+//! prefill of a prompt of random tokens in one batch, and decode of `gen` tokens one at a time from an
+//! empty context; medians of repeats.
 use crate::engine::generate::{generate, GenerateError, GenerateOptions};
 use crate::engine::sampler::SamplingParams;
 use inhaus_models::Forward;

@@ -849,6 +849,22 @@ pub(crate) fn test_rnd(n: usize, seed: &mut u64) -> Vec<f32> {
         .collect()
 }
 
+/// The process's CPU seconds (user + system, from /proc), for the kernels' speed probes: on a machine
+/// shared with other work, a probe run under `taskset -c N` (one compute thread) counts only its own
+/// work this way, where wall time also counts the other work's time slices.
+#[cfg(test)]
+pub(crate) fn test_cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_rnd as rnd;

@@ -165,6 +165,12 @@ enum Kernel {
     Widen(Level),
 }
 
+/// Whether this CPU multiplies bfloat16 natively (AVX512-BF16, within the `INHAUS_SIMD` cap): then a
+/// bf16 checkpoint runs fastest as bf16, elsewhere as f32.
+pub fn native_bf16() -> bool {
+    kernel_kind() == Kernel::Dpbf16
+}
+
 fn kernel_kind() -> Kernel {
     let lvl = level();
     #[cfg(target_arch = "x86_64")]
@@ -176,6 +182,10 @@ fn kernel_kind() -> Kernel {
 
 /// `c[mb, cols] = a[mb, pairs] · Wᵀ + b` over the output columns of `panels` (`c`'s column 0 is the
 /// first panel's first column; its row stride is `ldc`).
+///
+/// The rows are packed once (see below); then each panel runs its [`KC2`]-pair chunks in turn over
+/// all row tiles, so a chunk's weight slice is read from memory once and then from L1 by every tile,
+/// and the panel's output tiles stay in L1 from one chunk to the next.
 fn gemm_panels(
     a: &[u32],
     mb: usize,
@@ -188,41 +198,47 @@ fn gemm_panels(
     let (pairs, n) = (w.pairs, w.n);
     let col0 = panels.start * NR;
     let tiles = mb.div_ceil(MR);
-    // This pass's slice of `a`, re-laid tile by tile as `[q][MR rows]` so that a step of the
+    // `a` re-laid chunk by chunk, each chunk tile by tile as `[q][MR rows]`, so that a step of the
     // micro-kernel reads its rows' pairs from one half cache line (rows past `mb` repeat the last).
-    let mut packed = vec![0u32; tiles * KC2 * MR];
-    let mut q0 = 0;
-    while q0 < pairs {
-        let kc = KC2.min(pairs - q0);
-        // One row (decode) is read in place.
-        for t in (0..tiles).filter(|_| mb > 1) {
-            let tile = &mut packed[t * kc * MR..(t + 1) * kc * MR];
-            let src: [&[u32]; MR] = std::array::from_fn(|r| {
-                let row = (t * MR + r).min(mb - 1);
-                &a[row * pairs + q0..row * pairs + q0 + kc]
-            });
-            for (q, dst) in tile.chunks_exact_mut(MR).enumerate() {
-                for (d, s) in dst.iter_mut().zip(&src) {
-                    *d = s[q];
+    // Chunk `q0`'s tile `t` starts at `q0 * tiles * MR + t * kc * MR`. One row (decode) is read in
+    // place.
+    let mut packed = Vec::new();
+    if mb > 1 {
+        packed = vec![0u32; tiles * MR * pairs];
+        for q0 in (0..pairs).step_by(KC2) {
+            let kc = KC2.min(pairs - q0);
+            for t in 0..tiles {
+                let base = q0 * tiles * MR + t * kc * MR;
+                let tile = &mut packed[base..base + kc * MR];
+                let src: [&[u32]; MR] = std::array::from_fn(|r| {
+                    let row = (t * MR + r).min(mb - 1);
+                    &a[row * pairs + q0..row * pairs + q0 + kc]
+                });
+                for (q, dst) in tile.chunks_exact_mut(MR).enumerate() {
+                    for (d, s) in dst.iter_mut().zip(&src) {
+                        *d = s[q];
+                    }
                 }
             }
         }
-        for p in panels.clone() {
-            let ncols = NR.min(n - p * NR);
-            let slice = |p: usize| {
-                let base = p * pairs * NR;
-                &w.panels[base + q0 * NR..base + (q0 + kc) * NR]
-            };
-            let b = slice(p);
-            // The next panel's slice, fetched into the cache while the last tile runs on this one.
-            let next = if p + 1 < panels.end { slice(p + 1) } else { b };
+    }
+    for p in panels.clone() {
+        let ncols = NR.min(n - p * NR);
+        for q0 in (0..pairs).step_by(KC2) {
+            let kc = KC2.min(pairs - q0);
+            let at = (p * pairs + q0) * NR;
+            let b = &w.panels[at..at + kc * NR];
+            // The weights stored next (the next chunk's, or the next panel's first), fetched into
+            // the cache while the last tile runs on this chunk.
+            let next = w.panels.get(at + kc * NR..at + 2 * kc * NR).unwrap_or(b);
             let bias = (q0 == 0).then(|| &w.bias[p * NR..(p + 1) * NR]);
             for t in 0..tiles {
                 let r = t * MR;
                 let (a, step) = if mb == 1 {
                     (&a[q0..q0 + kc], 1)
                 } else {
-                    (&packed[t * kc * MR..(t + 1) * kc * MR], MR)
+                    let base = q0 * tiles * MR + t * kc * MR;
+                    (&packed[base..base + kc * MR], MR)
                 };
                 let tile = Tile {
                     a,
@@ -237,7 +253,6 @@ fn gemm_panels(
                 tile.run(&mut c[r * ldc + p * NR - col0..], ldc, kern);
             }
         }
-        q0 += kc;
     }
 }
 
@@ -468,6 +483,56 @@ mod tests {
 /// GEMMs side by side at Qwen2.5-0.5B's shapes (prefill rows and one decode row).
 #[cfg(test)]
 mod speed {
+    /// The GEMMs of a 512-token prefill through 24 Qwen2.5-0.5B-shaped layers, each with its own
+    /// weights (716 MB in all, so they come from memory as in a model step): medians of 5 passes,
+    /// wall time and CPU time.
+    #[test]
+    #[ignore]
+    fn prefill_layers_speed_bf16() {
+        let m = 512;
+        let shapes = [(1152usize, 896usize), (896, 896), (9728, 896), (896, 4864)];
+        let layers: Vec<Vec<super::PackedBf16>> = (0..24)
+            .map(|l| {
+                shapes
+                    .iter()
+                    .map(|&(n, k)| {
+                        let w: Vec<u16> = (0..n * k)
+                            .map(|i| super::bf16_bits(((i * 7 + l) % 13) as f32 * 0.01 - 0.06))
+                            .collect();
+                        super::PackedBf16::new(&w, &vec![0f32; n], n, k).expect("p")
+                    })
+                    .collect()
+            })
+            .collect();
+        let x: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| vec![0.5f32; m * k]).collect();
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
+        let flops: f64 = 24.0
+            * shapes
+                .iter()
+                .map(|&(n, k)| 2.0 * (m * n * k) as f64)
+                .sum::<f64>();
+        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let (t, c) = (std::time::Instant::now(), crate::dense::test_cpu_seconds());
+            for layer in &layers {
+                for ((w, x), o) in layer.iter().zip(&x).zip(outs.iter_mut()) {
+                    super::linear_bf16(x, w, o);
+                }
+            }
+            cpus.push(crate::dense::test_cpu_seconds() - c);
+            walls.push(t.elapsed().as_secs_f64());
+        }
+        walls.sort_by(f64::total_cmp);
+        cpus.sort_by(f64::total_cmp);
+        println!(
+            "prefill GEMMs, 24 layers x 512 rows: {:.1} ms, {:.1} GFLOP/s; {:.3} CPU s, {:.1} GFLOP/CPU-s",
+            walls[2] * 1e3,
+            flops / walls[2] / 1e9,
+            cpus[2],
+            flops / cpus[2] / 1e9
+        );
+    }
+
     #[test]
     #[ignore]
     fn gemm_speed_bf16() {

@@ -53,22 +53,31 @@ pub(super) fn device(choice: DeviceChoice) -> Result<Device, LoadError> {
     }
 }
 
-/// The dtype to run in: the choice, or for `auto` f32 on the CPU and the checkpoint's own on a GPU.
+/// The dtype to run in: the choice, or for `auto` the checkpoint's own (`dtype`, or the older
+/// `torch_dtype`, in `config.json`; bf16 when it names none) where the device computes it fast: on a
+/// GPU always; on the CPU bf16 only where it multiplies bf16 natively (AVX512-BF16), and f32
+/// otherwise (f16, and bf16 without native support, run slower than f32 there).
 fn dtype(choice: DtypeChoice, device: &Device, config: &Value) -> DType {
     match choice {
         DtypeChoice::F32 => DType::F32,
         DtypeChoice::F16 => DType::F16,
         DtypeChoice::Bf16 => DType::BF16,
-        DtypeChoice::Auto if device.is_cpu() => DType::F32,
         DtypeChoice::Auto => {
             let declared = config
                 .get("dtype")
                 .or_else(|| config.get("torch_dtype"))
                 .and_then(Value::as_str);
-            match declared {
+            let own = match declared {
                 Some("float32") => DType::F32,
                 Some("float16") => DType::F16,
                 _ => DType::BF16,
+            };
+            match own {
+                DType::BF16 if device.is_cpu() && !inhaus_kernels::dense_bf16::native_bf16() => {
+                    DType::F32
+                }
+                DType::F16 if device.is_cpu() => DType::F32,
+                d => d,
             }
         }
     }
@@ -192,4 +201,28 @@ pub fn load(
         chat_template,
         quantization: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_runs_the_checkpoints_dtype_where_the_cpu_computes_it_fast() {
+        let cpu = Device::Cpu;
+        let conf = |d: &str| serde_json::json!({ "torch_dtype": d });
+        let auto = |c: &Value| dtype(DtypeChoice::Auto, &cpu, c);
+        let bf16 = if inhaus_kernels::dense_bf16::native_bf16() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        assert_eq!(auto(&conf("bfloat16")), bf16);
+        assert_eq!(auto(&serde_json::json!({ "dtype": "bfloat16" })), bf16);
+        assert_eq!(auto(&serde_json::json!({})), bf16);
+        assert_eq!(auto(&conf("float32")), DType::F32);
+        assert_eq!(auto(&conf("float16")), DType::F32);
+        // An explicit choice is kept whatever the checkpoint says.
+        assert_eq!(dtype(DtypeChoice::F16, &cpu, &conf("float32")), DType::F16);
+    }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, then every test in an optimized build.
+# The whole test suite, as CI runs it: formatting, lints (also of the CUDA build, without a GPU; skip
+# that with INHAUS_SKIP_CUDA_CHECK=1), then every test in an optimized build.
 # Models the tests need are fetched into $INHAUS_MODELS (default ~/.cache/inhaus/models) first; build
 # output goes to $CARGO_TARGET_DIR (default ~/.cache/inhaus/target) so repeated runs reuse it.
 set -euo pipefail
@@ -11,6 +12,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --release --all-targets -- -D warnings
+# The CUDA build, compile-checked without a GPU (nvcc from the CUDA 13.0 wheels, kernels for sm_90,
+# its own cached target folder; the first run compiles candle's CUDA kernels, ~15 minutes on 2 cores).
+if [ "${INHAUS_SKIP_CUDA_CHECK:-0}" != 1 ]; then
+    echo "== cargo clippy --features cuda (scripts/cuda-check.sh)"
+    scripts/cuda-check.sh
+fi
 echo "== models for the tests"
 scripts/fetch-models.sh gemma-3-270m smollm2-135m-instruct qwen2.5-coder-0.5b-instruct all-minilm-l6-v2
 echo "== cargo test (release)"

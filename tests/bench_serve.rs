@@ -174,7 +174,13 @@ fn records(stub: &StubState) -> Vec<Record> {
         .clone()
 }
 
-fn config(url: &str, loads: Vec<Load>, requests: usize) -> ServeConfig {
+/// A stub answer: the first token after `ttft_ms`, then one every `itl_ms`.
+fn ok(ttft_ms: u64, itl_ms: u64) -> Mode {
+    Mode::Ok { ttft_ms, itl_ms }
+}
+
+/// `requests` synthetic chat requests per point, output lengths drawn from `output` (min, max).
+fn config(url: &str, loads: Vec<Load>, requests: usize, output: (usize, usize)) -> ServeConfig {
     ServeConfig {
         url: url.to_string(),
         model: "stub".into(),
@@ -190,7 +196,10 @@ fn config(url: &str, loads: Vec<Load>, requests: usize) -> ServeConfig {
             kind: WorkloadKind::Synthetic,
             dataset: None,
             input_len: LenRange { min: 20, max: 20 },
-            output_len: LenRange { min: 16, max: 16 },
+            output_len: LenRange {
+                min: output.0,
+                max: output.1,
+            },
             prefix_systems: 2,
             prefix_questions: 2,
             prefix_len: 50,
@@ -221,23 +230,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn with_deadline<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
+/// Runs the sweep; it must end within 20 s.
+async fn sweep(cfg: &ServeConfig) -> Report {
+    tokio::time::timeout(Duration::from_secs(20), run(cfg))
         .await
         .expect("the run ended in time")
+        .expect("the run")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_figures_agree_with_the_stub() {
     let _g = SERIAL.lock().await;
-    let (url, stub) = start_stub(vec![Mode::Ok {
-        ttft_ms: 100,
-        itl_ms: 15,
-    }])
-    .await;
-    let mut cfg = config(&url, vec![Load::Concurrency(4)], 12);
-    cfg.workload.output_len = LenRange { min: 8, max: 24 };
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let (url, stub) = start_stub(vec![ok(100, 15)]).await;
+    let cfg = config(&url, vec![Load::Concurrency(4)], 12, (8, 24));
+    let report = sweep(&cfg).await;
     let s = &report.points[0].stats;
     assert_eq!((s.requests, s.completed, s.failed), (12, 12, 0), "{s:?}");
 
@@ -316,15 +322,10 @@ async fn closed_loop_figures_agree_with_the_stub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_endpoint_and_shared_prefix_workload() {
     let _g = SERIAL.lock().await;
-    let (url, stub) = start_stub(vec![Mode::Ok {
-        ttft_ms: 5,
-        itl_ms: 2,
-    }])
-    .await;
-    let mut cfg = config(&url, vec![Load::Concurrency(2)], 4);
+    let (url, stub) = start_stub(vec![ok(5, 2)]).await;
+    let mut cfg = config(&url, vec![Load::Concurrency(2)], 4, (4, 4));
     cfg.workload.kind = WorkloadKind::SharedPrefix;
-    cfg.workload.output_len = LenRange { min: 4, max: 4 };
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     assert_eq!(report.points[0].stats.completed, 4);
     let recs = records(&stub);
     let systems: std::collections::BTreeSet<String> = recs
@@ -343,7 +344,7 @@ async fn completions_endpoint_and_shared_prefix_workload() {
 
     cfg.workload.kind = WorkloadKind::Synthetic;
     cfg.workload.endpoint = Endpoint::Completions;
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     assert_eq!(
         report.points[0].stats.completed, 4,
         "{:?}",
@@ -356,14 +357,9 @@ async fn completions_endpoint_and_shared_prefix_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_arrivals_follow_the_rate() {
     let _g = SERIAL.lock().await;
-    let (url, stub) = start_stub(vec![Mode::Ok {
-        ttft_ms: 10,
-        itl_ms: 5,
-    }])
-    .await;
-    let mut cfg = config(&url, vec![Load::Rate(40.0)], 80);
-    cfg.workload.output_len = LenRange { min: 4, max: 4 };
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let (url, stub) = start_stub(vec![ok(10, 5)]).await;
+    let cfg = config(&url, vec![Load::Rate(40.0)], 80, (4, 4));
+    let report = sweep(&cfg).await;
     let s = &report.points[0].stats;
     assert_eq!(s.completed, 80);
     let mut arrivals: Vec<Instant> = records(&stub).iter().map(|r| r.arrived).collect();
@@ -397,10 +393,7 @@ async fn open_loop_arrivals_follow_the_rate() {
 async fn errors_are_counted_by_kind_and_the_run_ends() {
     let _g = SERIAL.lock().await;
     let (url, _stub) = start_stub(vec![
-        Mode::Ok {
-            ttft_ms: 10,
-            itl_ms: 5,
-        },
+        ok(10, 5),
         Mode::Status(500),
         Mode::Cut,
         Mode::Stall,
@@ -408,11 +401,15 @@ async fn errors_are_counted_by_kind_and_the_run_ends() {
         Mode::Status(429),
     ])
     .await;
-    let mut cfg = config(&url, vec![Load::Concurrency(6), Load::Concurrency(1)], 12);
+    let mut cfg = config(
+        &url,
+        vec![Load::Concurrency(6), Load::Concurrency(1)],
+        12,
+        (8, 8),
+    );
     cfg.timeout = Duration::from_millis(500);
-    cfg.workload.output_len = LenRange { min: 8, max: 8 };
     let started = Instant::now();
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "stalls end at the timeout"
@@ -445,44 +442,26 @@ async fn errors_are_counted_by_kind_and_the_run_ends() {
         &format!("http://127.0.0.1:{port}"),
         vec![Load::Concurrency(2)],
         3,
+        (4, 4),
     );
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     assert_eq!(report.points[0].stats.errors.get("connection"), Some(&3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goodput_counts_requests_within_the_slos() {
     let _g = SERIAL.lock().await;
-    let (url, _stub) = start_stub(vec![
-        Mode::Ok {
-            ttft_ms: 20,
-            itl_ms: 5,
-        },
-        Mode::Ok {
-            ttft_ms: 250,
-            itl_ms: 5,
-        },
-        Mode::Ok {
-            ttft_ms: 20,
-            itl_ms: 40,
-        },
-        Mode::Ok {
-            ttft_ms: 20,
-            itl_ms: 5,
-        },
-    ])
-    .await;
-    let mut cfg = config(&url, vec![Load::Concurrency(4)], 8);
-    cfg.workload.output_len = LenRange { min: 6, max: 6 };
+    let (url, _stub) = start_stub(vec![ok(20, 5), ok(250, 5), ok(20, 40), ok(20, 5)]).await;
+    let mut cfg = config(&url, vec![Load::Concurrency(4)], 8, (6, 6));
     cfg.slo = Some("ttft=150ms,tpot=20ms".parse::<Slo>().expect("slo"));
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     let s = &report.points[0].stats;
     assert_eq!(s.completed, 8);
     let goodput = s.goodput.expect("goodput with --slo");
     assert_close("goodput share", goodput / s.request_throughput, 0.5, 1e-9);
 
     cfg.slo = Some("ttft=150ms".parse::<Slo>().expect("slo"));
-    let report = with_deadline(20, run(&cfg)).await.expect("run");
+    let report = sweep(&cfg).await;
     let s = &report.points[0].stats;
     assert_close(
         "goodput share",
@@ -508,11 +487,7 @@ fn inhaus(args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_writes_json_that_round_trips_and_charts() {
     let _g = SERIAL.lock().await;
-    let (url, _stub) = start_stub(vec![Mode::Ok {
-        ttft_ms: 10,
-        itl_ms: 3,
-    }])
-    .await;
+    let (url, _stub) = start_stub(vec![ok(10, 3)]).await;
     let dir = std::env::temp_dir().join(format!("inhaus-bench-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
@@ -578,11 +553,11 @@ async fn the_binary_writes_json_that_round_trips_and_charts() {
     assert_eq!(again, original, "JSON -> report -> JSON is unchanged");
 
     let svg_text = std::fs::read_to_string(dir.join("a.svg")).expect("svg written");
-    assert!(svg_text.starts_with("<svg") && svg_text.contains("server-one p50"));
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("server-one: p50 solid"));
     let png_bytes = std::fs::read(dir.join("a.png")).expect("png written");
     assert!(png_bytes.starts_with(b"\x89PNG") && png_bytes.len() > 10_000);
     let plot_text = std::fs::read_to_string(dir.join("plot.svg")).expect("plot written");
-    assert!(plot_text.contains("server-one p99") && plot_text.contains("server-two p50"));
+    assert!(plot_text.contains("server-one: p50") && plot_text.contains("server-two: p50"));
     assert!(plot_text.contains("TTFT") && plot_text.contains("c=2"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -590,11 +565,7 @@ async fn the_binary_writes_json_that_round_trips_and_charts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_prints_what_was_measured() {
     let _g = SERIAL.lock().await;
-    let (url, _stub) = start_stub(vec![Mode::Ok {
-        ttft_ms: 20,
-        itl_ms: 20,
-    }])
-    .await;
+    let (url, _stub) = start_stub(vec![ok(20, 20)]).await;
     let json_path =
         std::env::temp_dir().join(format!("inhaus-bench-int-{}.json", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_inhaus"))

@@ -277,22 +277,7 @@ pub fn parse_rates(s: &str) -> Result<Vec<Load>, ServeError> {
 
 /// `30s`, `2m`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ServeError> {
-    let t = s.trim();
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|x| x.is_finite() && *x > 0.0)
-        .map(|x| Duration::from_secs_f64(x * scale))
+    stats::parse_seconds(s, 1.0)
+        .map(Duration::from_secs_f64)
         .ok_or_else(|| ServeError::Config(format!("duration {s:?}: expected e.g. 30s, 2m, 500ms")))
 }

@@ -22,15 +22,14 @@ pub struct Slo {
     pub e2e_ms: Option<f64>,
 }
 
-fn parse_ms(v: &str) -> Option<f64> {
+/// A time in seconds from `500ms`, `2s`, `2m`, `1h`, or a bare number in units of `bare` seconds.
+pub fn parse_seconds(v: &str, bare: f64) -> Option<f64> {
     let v = v.trim();
-    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
+    let units = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
+    let (num, scale) = units
+        .iter()
+        .find_map(|&(u, scale)| v.strip_suffix(u).map(|n| (n, scale)))
+        .unwrap_or((v, bare));
     num.trim()
         .parse::<f64>()
         .ok()
@@ -45,7 +44,7 @@ impl std::str::FromStr for Slo {
         let mut slo = Slo::default();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
-            let ms = parse_ms(v).ok_or_else(bad)?;
+            let ms = parse_seconds(v, 0.001).ok_or_else(bad)? * 1000.0;
             match k.trim() {
                 "ttft" => slo.ttft_ms = Some(ms),
                 "tpot" => slo.tpot_ms = Some(ms),

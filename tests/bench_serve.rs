@@ -2,8 +2,9 @@
 //! token timings the test sets and the stub records itself: the reported TTFT, ITL, TPOT, e2e
 //! latency and throughput agree within 5% with what the stub did; open-loop arrivals come at the
 //! asked rate, Poisson-spaced; errors are counted by kind (HTTP status, cut stream, stall past the
-//! timeout, short output, no server) and the run still ends; goodput follows the SLOs; the binary's
-//! JSON round-trips, its chart is written, and Ctrl-C prints what was measured.
+//! timeout, short output, no server) and the run still ends; goodput follows the SLOs; structured,
+//! tool-call and multi-turn requests carry their fields and history; the binary's JSON round-trips,
+//! its chart is written, and Ctrl-C prints what was measured.
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::routing::post;
@@ -624,4 +625,56 @@ async fn ctrl_c_prints_what_was_measured() {
         s.duration_s > 1.0,
         "the partial point's duration runs to the interruption"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_tool_and_conversation_requests() {
+    let _g = SERIAL.lock().await;
+    let (url, stub) = start_stub(vec![ok(5, 2)]).await;
+    let mut cfg = config(&url, vec![Load::Concurrency(2)], 2, (4, 4));
+    cfg.workload.kind = WorkloadKind::Structured;
+    assert_eq!(sweep(&cfg).await.points[0].stats.completed, 2);
+    cfg.workload.kind = WorkloadKind::Tools;
+    assert_eq!(sweep(&cfg).await.points[0].stats.completed, 2);
+    let recs = records(&stub);
+    for r in &recs[..2] {
+        assert_eq!(r.body["response_format"]["type"], "json_schema");
+        assert!(
+            r.body.get("ignore_eos").is_none(),
+            "the JSON ends the output"
+        );
+    }
+    for r in &recs[2..4] {
+        assert_eq!(r.body["tool_choice"], "required");
+        assert_eq!(r.body["tools"][0]["function"]["name"], "get_weather");
+    }
+
+    // A conversation of three user turns: each turn carries the history and is sent after the
+    // previous answer ended.
+    let path = std::env::temp_dir().join(format!("inhaus-bench-conv-{}.jsonl", std::process::id()));
+    let conv = json!({"messages": [
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "two"}, {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "three"}]});
+    std::fs::write(&path, format!("{conv}\n{}\n", json!({"prompt": "single"}))).expect("write");
+    cfg.workload.kind = WorkloadKind::Synthetic;
+    cfg.workload.dataset = Some(path.clone());
+    cfg.requests = Some(1);
+    cfg.loads = vec![Load::Concurrency(1)];
+    let report = sweep(&cfg).await;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(report.points[0].stats.completed, 3, "three turns");
+    let turns = &records(&stub)[4..];
+    let lens: Vec<usize> = turns
+        .iter()
+        .map(|r| r.body["messages"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(lens, vec![1, 3, 5]);
+    assert_eq!(turns[2].body["messages"][3]["content"], "b");
+    for w in turns.windows(2) {
+        assert!(
+            w[1].arrived >= w[0].ended.expect("ended"),
+            "sent after the previous turn"
+        );
+    }
 }

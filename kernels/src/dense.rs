@@ -205,11 +205,13 @@ fn gemm_panels(
 ) {
     let (k, n) = (w.k, w.n);
     let col0 = panels.start * NR;
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        for p in panels.clone() {
-            let ncols = NR.min(n - p * NR);
+    // Each panel runs its k-chunks in turn over all row tiles: the panel's output tiles stay in L1
+    // from one chunk to the next (chunks outermost sent a wide output block through L3 per chunk).
+    for p in panels.clone() {
+        let ncols = NR.min(n - p * NR);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
             let b = &w.panels[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
             let bias = (k0 == 0).then(|| &w.bias[p * NR..(p + 1) * NR]);
             let mut r = 0;
@@ -230,8 +232,8 @@ fn gemm_panels(
                 );
                 r += mr;
             }
+            k0 += kc;
         }
-        k0 += kc;
     }
 }
 

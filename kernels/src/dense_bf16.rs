@@ -488,53 +488,75 @@ mod tests {
 #[cfg(test)]
 mod speed {
     /// The GEMMs of a 512-token prefill through 24 Qwen2.5-0.5B-shaped layers, each with its own
-    /// weights (716 MB in all, so they come from memory as in a model step): medians of 5 passes,
-    /// wall time and CPU time.
+    /// weights (716 MB in bf16, 1.4 GB in f32, so they come from memory as in a model step), bf16
+    /// then f32: medians of 5 passes, wall time and CPU time.
     #[test]
     #[ignore]
     fn prefill_layers_speed_bf16() {
         let m = 512;
         let shapes = [(1152usize, 896usize), (896, 896), (9728, 896), (896, 4864)];
-        let layers: Vec<Vec<super::PackedBf16>> = (0..24)
-            .map(|l| {
-                shapes
-                    .iter()
-                    .map(|&(n, k)| {
-                        let w: Vec<u16> = (0..n * k)
-                            .map(|i| super::bf16_bits(((i * 7 + l) % 13) as f32 * 0.01 - 0.06))
-                            .collect();
-                        super::PackedBf16::new(&w, &vec![0f32; n], n, k).expect("p")
-                    })
-                    .collect()
-            })
-            .collect();
+        let weight = |l: usize, n: usize, k: usize| -> Vec<f32> {
+            (0..n * k)
+                .map(|i| ((i * 7 + l) % 13) as f32 * 0.01 - 0.06)
+                .collect()
+        };
         let x: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| vec![0.5f32; m * k]).collect();
-        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
         let flops: f64 = 24.0
             * shapes
                 .iter()
                 .map(|&(n, k)| 2.0 * (m * n * k) as f64)
                 .sum::<f64>();
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let (t, c) = (std::time::Instant::now(), crate::dense::test_cpu_seconds());
-            for layer in &layers {
-                for ((w, x), o) in layer.iter().zip(&x).zip(outs.iter_mut()) {
+        type Pass<'a> = dyn Fn(&[Vec<f32>], &mut [Vec<f32>]) + 'a;
+        let measure = |name: &str, pass: &Pass| {
+            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
+            let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                let (t, c) = (std::time::Instant::now(), crate::dense::test_cpu_seconds());
+                pass(&x, &mut outs);
+                cpus.push(crate::dense::test_cpu_seconds() - c);
+                walls.push(t.elapsed().as_secs_f64());
+            }
+            walls.sort_by(f64::total_cmp);
+            cpus.sort_by(f64::total_cmp);
+            println!(
+                "{name} prefill GEMMs, 24 layers x 512 rows: {:.1} ms, {:.1} GFLOP/s; {:.3} CPU s, {:.1} GFLOP/CPU-s",
+                walls[2] * 1e3,
+                flops / walls[2] / 1e9,
+                cpus[2],
+                flops / cpus[2] / 1e9
+            );
+        };
+        let bf16: Vec<Vec<super::PackedBf16>> = (0..24)
+            .map(|l| {
+                let packed = |&(n, k): &(usize, usize)| {
+                    super::PackedBf16::from_f32(&weight(l, n, k), &vec![0f32; n], n, k)
+                };
+                shapes.iter().map(packed).collect::<Option<_>>().expect("p")
+            })
+            .collect();
+        measure("bf16", &|x, outs| {
+            for layer in &bf16 {
+                for ((w, x), o) in layer.iter().zip(x).zip(outs.iter_mut()) {
                     super::linear_bf16(x, w, o);
                 }
             }
-            cpus.push(crate::dense::test_cpu_seconds() - c);
-            walls.push(t.elapsed().as_secs_f64());
-        }
-        walls.sort_by(f64::total_cmp);
-        cpus.sort_by(f64::total_cmp);
-        println!(
-            "prefill GEMMs, 24 layers x 512 rows: {:.1} ms, {:.1} GFLOP/s; {:.3} CPU s, {:.1} GFLOP/CPU-s",
-            walls[2] * 1e3,
-            flops / walls[2] / 1e9,
-            cpus[2],
-            flops / cpus[2] / 1e9
-        );
+        });
+        drop(bf16);
+        let f32s: Vec<Vec<crate::dense::PackedLinear>> = (0..24)
+            .map(|l| {
+                let packed = |&(n, k): &(usize, usize)| {
+                    crate::dense::PackedLinear::new(&weight(l, n, k), &vec![0f32; n], n, k)
+                };
+                shapes.iter().map(packed).collect::<Option<_>>().expect("p")
+            })
+            .collect();
+        measure("f32", &|x, outs| {
+            for layer in &f32s {
+                for ((w, x), o) in layer.iter().zip(x).zip(outs.iter_mut()) {
+                    crate::dense::linear_wide(x, w, o);
+                }
+            }
+        });
     }
 
     #[test]

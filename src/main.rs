@@ -307,8 +307,8 @@ struct ServeArgs {
     /// KV cache memory per model, e.g. 2GiB or 512MiB (default: a quarter of the available memory).
     #[arg(long, env = "INHAUS_KV_CACHE_MEMORY", value_parser = parse_size)]
     kv_cache_memory: Option<usize>,
-    /// Weights' dtype for Hugging Face checkpoints: auto (f32 on the CPU, the checkpoint's own on a
-    /// GPU), f32, f16 or bf16. GGUF models keep their quantization.
+    /// Weights' dtype for Hugging Face checkpoints: auto (the checkpoint's own; on the CPU bf16 only
+    /// where it has AVX512-BF16, else f32), f32, f16 or bf16. GGUF models keep their quantization.
     #[arg(long, env = "INHAUS_DTYPE", default_value = "auto")]
     dtype: inhaus::loader::DtypeChoice,
     /// Where the models run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).

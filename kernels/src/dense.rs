@@ -867,6 +867,22 @@ pub(crate) fn test_cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// Runs `pass` five times; the median wall seconds and the median CPU seconds
+/// ([`test_cpu_seconds`]) of a pass, for the kernels' speed probes.
+#[cfg(test)]
+pub(crate) fn test_time_passes(mut pass: impl FnMut()) -> (f64, f64) {
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (t, c) = (std::time::Instant::now(), test_cpu_seconds());
+        pass();
+        cpus.push(test_cpu_seconds() - c);
+        walls.push(t.elapsed().as_secs_f64());
+    }
+    walls.sort_by(f64::total_cmp);
+    cpus.sort_by(f64::total_cmp);
+    (walls[2], cpus[2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_rnd as rnd;

@@ -509,21 +509,13 @@ mod speed {
         type Pass<'a> = dyn Fn(&[Vec<f32>], &mut [Vec<f32>]) + 'a;
         let measure = |name: &str, pass: &Pass| {
             let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
-            let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                let (t, c) = (std::time::Instant::now(), crate::dense::test_cpu_seconds());
-                pass(&x, &mut outs);
-                cpus.push(crate::dense::test_cpu_seconds() - c);
-                walls.push(t.elapsed().as_secs_f64());
-            }
-            walls.sort_by(f64::total_cmp);
-            cpus.sort_by(f64::total_cmp);
+            let (wall, cpu) = crate::dense::test_time_passes(|| pass(&x, &mut outs));
             println!(
                 "{name} prefill GEMMs, 24 layers x 512 rows: {:.1} ms, {:.1} GFLOP/s; {:.3} CPU s, {:.1} GFLOP/CPU-s",
-                walls[2] * 1e3,
-                flops / walls[2] / 1e9,
-                cpus[2],
-                flops / cpus[2] / 1e9
+                wall * 1e3,
+                flops / wall / 1e9,
+                cpu,
+                flops / cpu / 1e9
             );
         };
         let bf16: Vec<Vec<super::PackedBf16>> = (0..24)

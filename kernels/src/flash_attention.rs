@@ -425,7 +425,7 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use crate::attention::{try_paged_attention, AttnParams, AttnSeq, KvLayer};
-    use crate::dense::{test_cpu_seconds, test_rnd as rnd};
+    use crate::dense::{test_rnd as rnd, test_time_passes};
 
     /// A 512-token prefill's attention through 24 Qwen2.5-0.5B-shaped layers (14 heads, 2 KV heads,
     /// head size 64, f32 cache): median wall time of 5 passes.
@@ -458,25 +458,19 @@ mod speed {
             softcap: None,
         };
         let mut out = vec![0f32; q.len()];
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let (t, c) = (std::time::Instant::now(), test_cpu_seconds());
+        let (wall, cpu) = test_time_passes(|| {
             for _ in 0..24 {
                 try_paged_attention(&q, &mut out, &seqs, &kv, &p).expect("args");
             }
-            cpus.push(test_cpu_seconds() - c);
-            walls.push(t.elapsed().as_secs_f64());
-        }
-        walls.sort_by(f64::total_cmp);
-        cpus.sort_by(f64::total_cmp);
+        });
         // Causal: half of the n² scores, each a dot product and a weighted sum of head size.
         let flops = 24.0 * (nh * n * n * hd) as f64 * 2.0;
         println!(
             "attention, 24 layers x 512 tokens: {:.1} ms, {:.1} GFLOP/s; {:.3} CPU s, {:.1} GFLOP/CPU-s",
-            walls[2] * 1e3,
-            flops / walls[2] / 1e9,
-            cpus[2],
-            flops / cpus[2] / 1e9
+            wall * 1e3,
+            flops / wall / 1e9,
+            cpu,
+            flops / cpu / 1e9
         );
     }
 }

@@ -79,9 +79,13 @@ pub fn draw(reports: &[Report], path: &Path) -> Result<(), ChartError> {
 }
 
 fn title(reports: &[Report]) -> String {
-    let models: Vec<&str> = reports.iter().map(|r| r.model.as_str()).collect();
-    let mut uniq = models.clone();
-    uniq.dedup();
+    // Each model once, in the order the runs name them (runs of two servers interleave them).
+    let mut uniq: Vec<&str> = Vec::new();
+    for r in reports {
+        if !uniq.contains(&r.model.as_str()) {
+            uniq.push(&r.model);
+        }
+    }
     let workload = reports.first().map(|r| r.workload.as_str()).unwrap_or("");
     format!("{} - {workload}", uniq.join(", "))
 }

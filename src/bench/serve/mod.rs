@@ -5,9 +5,11 @@
 pub mod chart;
 pub mod cli;
 pub mod client;
+mod dataset;
 pub mod report;
 pub mod runner;
 pub mod stats;
+mod words;
 pub mod workload;
 
 pub use report::{Load, PointResult, Report};

@@ -2,11 +2,13 @@
 //! a single prompt; one per user message for a multi-turn conversation, each sent with the history
 //! so far), built from synthetic prompts, a JSONL dataset, shared prefixes, structured-output or
 //! tool-call requests. Everything is derived from a seed, so a run is repeatable.
+use super::dataset::load_dataset;
+use super::words::words;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,162 +203,6 @@ pub struct Workload {
     systems: Vec<String>,
 }
 
-/// Common English words; with a leading space most are one token in the usual BPE vocabularies, so
-/// N words make a prompt of about N tokens (the server's usage reports the exact count).
-const WORDS: &[&str] = &[
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "that",
-    "with",
-    "as",
-    "it",
-    "by",
-    "at",
-    "from",
-    "his",
-    "an",
-    "were",
-    "are",
-    "which",
-    "this",
-    "be",
-    "or",
-    "has",
-    "had",
-    "first",
-    "one",
-    "their",
-    "its",
-    "new",
-    "after",
-    "but",
-    "who",
-    "not",
-    "they",
-    "have",
-    "her",
-    "she",
-    "two",
-    "been",
-    "other",
-    "when",
-    "there",
-    "all",
-    "during",
-    "into",
-    "school",
-    "time",
-    "may",
-    "years",
-    "more",
-    "most",
-    "only",
-    "over",
-    "city",
-    "some",
-    "world",
-    "would",
-    "where",
-    "later",
-    "up",
-    "such",
-    "used",
-    "many",
-    "can",
-    "state",
-    "about",
-    "national",
-    "out",
-    "known",
-    "university",
-    "united",
-    "then",
-    "made",
-    "year",
-    "him",
-    "part",
-    "well",
-    "between",
-    "born",
-    "also",
-    "people",
-    "team",
-    "season",
-    "work",
-    "through",
-    "high",
-    "while",
-    "water",
-    "music",
-    "house",
-    "small",
-    "river",
-    "light",
-    "road",
-    "north",
-    "south",
-    "west",
-    "east",
-    "market",
-    "garden",
-    "window",
-    "table",
-    "paper",
-    "letter",
-    "story",
-    "morning",
-    "evening",
-    "winter",
-    "summer",
-    "bridge",
-    "train",
-    "station",
-    "village",
-    "field",
-    "forest",
-    "mountain",
-    "island",
-    "ship",
-    "harbor",
-    "stone",
-    "tower",
-    "green",
-    "blue",
-    "red",
-    "black",
-    "white",
-    "old",
-    "young",
-    "long",
-    "short",
-    "great",
-    "little",
-    "early",
-    "late",
-    "open",
-    "close",
-    "bright",
-    "dark",
-];
-
-fn words(rng: &mut StdRng, n: usize) -> String {
-    let mut s = String::with_capacity(n * 7);
-    for i in 0..n {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-    }
-    s
-}
-
 fn structured_extra() -> Value {
     json!({"response_format": {"type": "json_schema", "json_schema": {"name": "inventory", "strict": true,
         "schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object",
@@ -481,96 +327,11 @@ impl Workload {
     }
 }
 
-fn user(content: String) -> Message {
+pub(super) fn user(content: String) -> Message {
     Message {
         role: "user".into(),
         content,
     }
-}
-
-/// One dataset line: `{"prompt": ...}`, `{"messages": [...]}` (several user messages make a
-/// multi-turn conversation) or ShareGPT's `{"conversations": [{"from": "human", "value": ...}]}`;
-/// optional `max_tokens` / `output_len`.
-fn parse_line(v: &Value, output_len: LenRange) -> Result<Chain, String> {
-    let max_tokens = v
-        .get("max_tokens")
-        .or_else(|| v.get("output_len"))
-        .and_then(Value::as_u64)
-        .map(|n| n as usize)
-        .unwrap_or(output_len.max);
-    let messages: Vec<Message> = if let Some(p) = v.get("prompt").and_then(Value::as_str) {
-        vec![user(p.to_string())]
-    } else if let Some(list) = v
-        .get("messages")
-        .or_else(|| v.get("conversations"))
-        .or_else(|| v.get("conversation"))
-        .and_then(Value::as_array)
-    {
-        list.iter()
-            .map(|m| {
-                let role = m
-                    .get("role")
-                    .or_else(|| m.get("from"))
-                    .and_then(Value::as_str)
-                    .ok_or("a message without role")?;
-                let content = m
-                    .get("content")
-                    .or_else(|| m.get("value"))
-                    .and_then(Value::as_str)
-                    .ok_or("a message without text content")?;
-                let role = match role {
-                    "human" => "user",
-                    "gpt" | "model" => "assistant",
-                    r => r,
-                };
-                Ok(Message {
-                    role: role.to_string(),
-                    content: content.to_string(),
-                })
-            })
-            .collect::<Result<_, &str>>()?
-    } else {
-        return Err("expected \"prompt\", \"messages\" or \"conversations\"".into());
-    };
-    let chain: Chain = messages
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.role == "user")
-        .map(|(i, _)| Turn {
-            messages: messages[..=i].to_vec(),
-            max_tokens,
-            exact_len: true,
-            extra: None,
-        })
-        .collect();
-    if chain.is_empty() {
-        return Err("no user message".into());
-    }
-    Ok(chain)
-}
-
-fn load_dataset(path: &Path, output_len: LenRange) -> Result<Vec<Chain>, WorkloadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut chains = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |why: String| WorkloadError::BadLine {
-            path: path.to_path_buf(),
-            line: n + 1,
-            why,
-        };
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        chains.push(parse_line(&v, output_len).map_err(bad)?);
-    }
-    if chains.is_empty() {
-        return Err(WorkloadError::Empty(path.to_path_buf()));
-    }
-    Ok(chains)
 }
 
 #[cfg(test)]
@@ -590,17 +351,5 @@ mod tests {
         assert!("0".parse::<LenRange>().is_err());
         assert!("5:3".parse::<LenRange>().is_err());
         assert!("x".parse::<LenRange>().is_err());
-    }
-
-    #[test]
-    fn conversation_turns_carry_history() {
-        let v = json!({"messages": [
-            {"role": "system", "content": "s"}, {"role": "user", "content": "a"},
-            {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]});
-        let chain = parse_line(&v, LenRange { min: 9, max: 9 }).unwrap_or_default();
-        assert_eq!(chain.len(), 2);
-        assert_eq!(chain[0].messages.len(), 2);
-        assert_eq!(chain[1].messages.len(), 4);
-        assert_eq!(chain[1].max_tokens, 9);
     }
 }

@@ -3,6 +3,7 @@
 //! logits the caller wants back.
 use crate::error::ModelError;
 use crate::Result;
+use inhaus_kernels::attention::AttnSeq;
 
 /// Which positions of a sequence's chunk need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,32 @@ impl<'a> Batch<'a> {
             }
         }
         slots
+    }
+
+    /// Each sequence's query tokens as the paged attention kernels take them (rows in batch order).
+    pub fn attn_seqs(&self) -> Vec<AttnSeq<'a>> {
+        let mut token_start = 0;
+        self.seqs
+            .iter()
+            .map(|s| {
+                let seq = AttnSeq {
+                    token_start,
+                    n_tokens: s.tokens.len(),
+                    first_pos: s.start_pos,
+                    block_table: s.block_table,
+                };
+                token_start += s.tokens.len();
+                seq
+            })
+            .collect()
+    }
+
+    /// The position of every token, in batch order.
+    pub fn positions(&self) -> Vec<usize> {
+        self.seqs
+            .iter()
+            .flat_map(|s| s.start_pos..s.start_pos + s.tokens.len())
+            .collect()
     }
 
     /// For each sequence, the rows of its logits the caller wants (indices into the batch's

@@ -8,7 +8,7 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvCacheShape};
 use crate::weights::{load_vector, Matrix};
 use crate::Result;
-use inhaus_kernels::attention::{paged_attention, write_kv, AttnParams, AttnSeq};
+use inhaus_kernels::attention::{paged_attention, write_kv, AttnParams};
 use inhaus_kernels::ops::{
     add_bias_rows, add_inplace, gelu_tanh_mul, rms_norm, rms_norm_inplace, rope_angles, rope_apply,
     silu_mul, RopeStyle,
@@ -212,21 +212,9 @@ impl Transformer {
         let bs = cache.shape.block_size;
 
         // Positions, cache slots and attention metadata of every token.
-        let mut positions = Vec::with_capacity(n);
-        let mut slots = Vec::with_capacity(n);
-        let mut attn_seqs = Vec::with_capacity(batch.seqs.len());
-        for s in &batch.seqs {
-            attn_seqs.push(AttnSeq {
-                token_start: positions.len(),
-                n_tokens: s.tokens.len(),
-                first_pos: s.start_pos,
-                block_table: s.block_table,
-            });
-            for p in s.start_pos..s.start_pos + s.tokens.len() {
-                positions.push(p);
-                slots.push(s.block_table[p / bs] as usize * bs + p % bs);
-            }
-        }
+        let positions = batch.positions();
+        let slots: Vec<usize> = batch.slots(bs).into_iter().map(|s| s as usize).collect();
+        let attn_seqs = batch.attn_seqs();
 
         // RoPE angles per distinct base, per token.
         let mut bases: Vec<f32> = Vec::new();

@@ -9,7 +9,7 @@ use super::spec::{Act, DecoderSpec};
 use super::weights::{DecoderWeights, Proj};
 use crate::batch::{Batch, StepLogits};
 use candle_core::{DType, Device, Tensor};
-use inhaus_kernels::attention::{try_paged_attention, AttnSeq};
+use inhaus_kernels::attention::try_paged_attention;
 use inhaus_kernels::dense::{gated_into, Gate};
 use inhaus_kernels::ops::{rope_apply, RopeStyle};
 use inhaus_kernels::pool::parallel_for;
@@ -145,19 +145,9 @@ pub fn forward(
     let eps = s.rms_eps as f32;
     let dev = Device::Cpu;
 
-    let mut ids = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    let mut seqs = Vec::with_capacity(batch.seqs.len());
-    for c in &batch.seqs {
-        seqs.push(AttnSeq {
-            token_start: ids.len(),
-            n_tokens: c.tokens.len(),
-            first_pos: c.start_pos,
-            block_table: c.block_table,
-        });
-        ids.extend_from_slice(c.tokens);
-        positions.extend(c.start_pos..c.start_pos + c.tokens.len());
-    }
+    let ids: Vec<u32> = batch.seqs.iter().flat_map(|c| c.tokens).copied().collect();
+    let positions = batch.positions();
+    let seqs = batch.attn_seqs();
     let slots = Tensor::from_vec(batch.slots(cache.block_size), n, &dev)?;
     // cos/sin of every RoPE table at every position, scaled by the table's attention factor.
     let angles: Vec<Vec<(f32, f32)>> = s

@@ -176,11 +176,7 @@ pub fn point_stats(outcomes: &[Outcome], slo: Option<&Slo>, until: f64) -> Point
                         (Some(v), Some(l)) => v * 1000.0 <= l,
                         (None, Some(_)) => true,
                     };
-                    let worst_itl = t
-                        .itl
-                        .iter()
-                        .copied()
-                        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+                    let worst_itl = t.itl.iter().copied().reduce(f64::max);
                     if within(Some(t.ttft), slo.ttft_ms)
                         && within(tp, slo.tpot_ms)
                         && within(worst_itl, slo.itl_ms)

@@ -205,6 +205,7 @@ fn config(url: &str, loads: Vec<Load>, requests: usize, output: (usize, usize)) 
             prefix_questions: 2,
             prefix_len: 50,
             endpoint: Endpoint::Chat,
+            temperature: Some(0.0),
         },
         slo: None,
         progress: false,
@@ -636,7 +637,16 @@ async fn structured_tool_and_conversation_requests() {
     assert_eq!(sweep(&cfg).await.points[0].stats.completed, 2);
     cfg.workload.kind = WorkloadKind::Tools;
     assert_eq!(sweep(&cfg).await.points[0].stats.completed, 2);
+    // Server-default sampling: no temperature sent.
+    cfg.workload.kind = WorkloadKind::Synthetic;
+    cfg.workload.temperature = None;
+    assert_eq!(sweep(&cfg).await.points[0].stats.completed, 2);
+    cfg.workload.temperature = Some(0.0);
     let recs = records(&stub);
+    assert!(recs[..4].iter().all(|r| r.body["temperature"] == 0.0));
+    assert!(recs[4..6]
+        .iter()
+        .all(|r| r.body.get("temperature").is_none()));
     for r in &recs[..2] {
         assert_eq!(r.body["response_format"]["type"], "json_schema");
         assert!(
@@ -664,7 +674,7 @@ async fn structured_tool_and_conversation_requests() {
     let report = sweep(&cfg).await;
     let _ = std::fs::remove_file(&path);
     assert_eq!(report.points[0].stats.completed, 3, "three turns");
-    let turns = &records(&stub)[4..];
+    let turns = &records(&stub)[6..];
     let lens: Vec<usize> = turns
         .iter()
         .map(|r| r.body["messages"].as_array().map_or(0, Vec::len))

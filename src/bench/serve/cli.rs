@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// chat (/v1/chat/completions) or completions (/v1/completions).
     #[arg(long, value_enum, default_value = "chat")]
     pub endpoint: Endpoint,
+    /// Sampling temperature sent with every request, or `default` to send none (the server's
+    /// default sampling, as the OpenAI SDKs leave it). 0 (greedy) is vLLM's bench default.
+    #[arg(long, default_value = "0")]
+    pub temperature: String,
     /// What to send (a --dataset replaces the synthetic prompts).
     #[arg(long, value_enum, default_value = "synthetic")]
     pub workload: WorkloadKind,
@@ -139,6 +143,19 @@ impl ServeArgs {
                 prefix_questions: self.prefix_questions.max(1),
                 prefix_len: self.prefix_len,
                 endpoint: self.endpoint,
+                temperature: match self.temperature.as_str() {
+                    "default" => None,
+                    t => Some(
+                        t.parse::<f64>()
+                            .ok()
+                            .filter(|t| (0.0..=2.0).contains(t))
+                            .ok_or_else(|| {
+                                ServeError::Config(format!(
+                            "--temperature {t}: expected a number from 0 to 2, or `default`"
+                        ))
+                            })?,
+                    ),
+                },
             },
             slo: self
                 .slo

@@ -63,6 +63,8 @@ pub struct Client {
     model: String,
     api_key: Option<String>,
     endpoint: Endpoint,
+    /// Sent as `temperature` when given.
+    temperature: Option<f64>,
     timeout: Duration,
 }
 
@@ -84,6 +86,7 @@ impl Client {
         model: &str,
         api_key: Option<String>,
         endpoint: Endpoint,
+        temperature: Option<f64>,
         timeout: Duration,
     ) -> Result<Client, reqwest::Error> {
         // A fresh connection per request: a pooled keep-alive connection that the server closes
@@ -100,6 +103,7 @@ impl Client {
             model: model.to_string(),
             api_key,
             endpoint,
+            temperature,
             timeout,
         })
     }
@@ -130,7 +134,10 @@ impl Client {
             .http
             .post(&self.url)
             .header("content-type", "application/json")
-            .body(turn.body(&self.model, self.endpoint).to_string());
+            .body(
+                turn.body(&self.model, self.endpoint, self.temperature)
+                    .to_string(),
+            );
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }

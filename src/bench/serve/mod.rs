@@ -152,6 +152,7 @@ pub async fn run(cfg: &ServeConfig) -> Result<Report, ServeError> {
         &cfg.model,
         cfg.api_key.clone(),
         cfg.workload.endpoint,
+        cfg.workload.temperature,
         cfg.timeout,
     )?;
     let started_unix = std::time::SystemTime::now()

@@ -117,6 +117,9 @@ pub struct WorkloadSpec {
     pub prefix_questions: usize,
     pub prefix_len: usize,
     pub endpoint: Endpoint,
+    /// Sent as `temperature`; `None` sends none, so the server's default sampling applies (what
+    /// the OpenAI SDKs send).
+    pub temperature: Option<f64>,
 }
 
 impl WorkloadSpec {
@@ -138,8 +141,12 @@ impl WorkloadSpec {
                 self.input_len
             ),
         };
+        let sampling = match self.temperature {
+            Some(t) => format!("temperature {t}"),
+            None => "server-default sampling".into(),
+        };
         format!(
-            "{base}, output {} tok, {:?}",
+            "{base}, output {} tok, {:?}, {sampling}",
             self.output_len, self.endpoint
         )
         .to_lowercase()
@@ -168,14 +175,16 @@ pub type Chain = Vec<Turn>;
 
 impl Turn {
     /// The JSON body of this turn's streaming request.
-    pub fn body(&self, model: &str, endpoint: Endpoint) -> Value {
+    pub fn body(&self, model: &str, endpoint: Endpoint, temperature: Option<f64>) -> Value {
         let mut body = json!({
             "model": model,
             "max_tokens": self.max_tokens,
-            "temperature": 0.0,
             "stream": true,
             "stream_options": {"include_usage": true},
         });
+        if let Some(t) = temperature {
+            body["temperature"] = json!(t);
+        }
         match endpoint {
             Endpoint::Chat => body["messages"] = json!(self.messages),
             Endpoint::Completions => {

@@ -788,6 +788,7 @@ fn bench_model(args: BenchModelArgs, threads: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     use std::io::IsTerminal;
+    inhaus::engine::heap::limit_arenas();
     // By default: warnings, fetch progress, and one line per HTTP request.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -97,10 +97,12 @@ impl PackedBf16 {
     }
 }
 
-/// Rows of `k` f32 values as rows of `k.div_ceil(2)` bfloat16 pairs (rounded to nearest even).
-fn to_pairs(x: &[f32], k: usize, kern: Kernel) -> Vec<u32> {
+/// Rows of `k` f32 values as rows of `k.div_ceil(2)` bfloat16 pairs (rounded to nearest even) in
+/// `out` (resized to fit).
+fn to_pairs_into(x: &[f32], k: usize, kern: Kernel, out: &mut Vec<u32>) {
     let pairs = k.div_ceil(2);
-    let mut out = vec![0u32; x.len() / k * pairs];
+    out.clear();
+    out.resize(x.len() / k * pairs, 0);
     for (row, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
@@ -116,7 +118,6 @@ fn to_pairs(x: &[f32], k: usize, kern: Kernel) -> Vec<u32> {
             *d = lo | (hi << 16);
         }
     }
-    out
 }
 
 /// The leading whole 32-value chunks of `row` as pairs into `dst` (`vcvtne2ps2bf16`, round to
@@ -144,19 +145,33 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, out: &mut [f32]) {
     let rows = x.len() / k;
     assert!(rows * k == x.len(), "linear_bf16: input size");
     let kern = kernel_kind();
-    let a = to_pairs(x, k, kern);
     let pairs = w.pairs;
-    split_wide(rows, w.n, out, &|r0, mb, panels, c, ldc| {
-        gemm_panels(
-            &a[r0 * pairs..(r0 + mb) * pairs],
-            mb,
-            w,
-            panels,
-            c,
-            ldc,
-            kern,
-        )
+    let mut run = |a: &mut Vec<u32>| {
+        to_pairs_into(x, k, kern, a);
+        split_wide(rows, w.n, out, &|r0, mb, panels, c, ldc| {
+            gemm_panels(
+                &a[r0 * pairs..(r0 + mb) * pairs],
+                mb,
+                w,
+                panels,
+                c,
+                ldc,
+                kern,
+            )
+        });
+    };
+    // The rounded input is kept per thread and reused: a step's inputs change size from call to
+    // call, and a fresh buffer each time leaves the allocator's heap fragmented. A nested call on
+    // the same thread (none today) gets a buffer of its own.
+    PAIRS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut a) => run(&mut a),
+        Err(_) => run(&mut Vec::new()),
     });
+}
+
+thread_local! {
+    /// [`linear_bf16`]'s rounded input, reused across calls.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

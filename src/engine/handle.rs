@@ -155,6 +155,8 @@ fn run(
     let started = std::time::Instant::now();
     warm_up(&mut engine, model, &cfg);
     metrics.warmup.set(started.elapsed().as_secs_f64());
+    // What loading the weights freed (read buffers, conversions) goes back to the system.
+    super::heap::release_free_memory();
     // Counters start after the warm-up: it is not a user's request.
     let mut engine = engine.with_metrics(metrics);
     let _ = warm.send(Ok(()));
@@ -200,6 +202,10 @@ fn run(
             // A forward error is a bug or a broken model file: fail every request rather than hang them.
             tracing::error!("engine step failed: {e}");
             engine.abort_all();
+        }
+        if !engine.has_work() {
+            // The last request just ended: the steps' freed buffers go back to the system.
+            super::heap::release_free_memory();
         }
     }
 }

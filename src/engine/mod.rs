@@ -5,6 +5,7 @@ pub mod constraint;
 pub mod fair_share;
 pub mod generate;
 pub mod handle;
+pub mod heap;
 pub mod metrics;
 pub mod sampler;
 pub mod scheduler;

@@ -11,7 +11,7 @@ use toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
 pub struct VocabEnv {
     trie: TokTrie,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: std::sync::Arc<tokenizers::Tokenizer>,
 }
 
 impl VocabEnv {

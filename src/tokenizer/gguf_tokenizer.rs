@@ -61,10 +61,17 @@ pub(super) struct TokenizerParts {
 
 /// A model's tokenizer plus the ids and flags generation needs.
 pub struct ModelTokenizer {
-    pub tokenizer: Tokenizer,
+    /// Shared (the grammar engine's vocabulary holds it too): a large vocabulary's tokenizer takes
+    /// tens of MB.
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     /// The same tokenizer with special tokens in the text encoded as plain text (for what users
-    /// wrote: a `<|im_start|>` typed in a message must not become a control token).
-    plain: Tokenizer,
+    /// wrote: a `<|im_start|>` typed in a message must not become a control token). Made on first
+    /// need: text without any special token's text encodes the same with either, and a second copy
+    /// of a large vocabulary costs tens of MB.
+    plain: std::sync::OnceLock<Tokenizer>,
+    /// The texts of the special added tokens (`None` when one matches after normalization: then
+    /// every text goes through `plain`).
+    special_texts: Option<Vec<String>>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// Token ids that end a generation: eos, and the end-of-turn token of the chat format.
@@ -332,15 +339,19 @@ impl ModelTokenizer {
         let control_ids = (0..p.control.len() as u32)
             .filter(|&i| p.control[i as usize])
             .collect();
-        let mut plain = p.tokenizer.clone();
-        plain.set_encode_special_tokens(true);
+        let added = p.tokenizer.get_added_tokens_decoder();
+        let special = added.values().filter(|t| t.special);
+        let normalized =
+            p.tokenizer.get_normalizer().is_some() && special.clone().any(|t| t.normalized);
+        let special_texts = (!normalized).then(|| special.map(|t| t.content.clone()).collect());
         let mut this = Self {
-            plain,
+            plain: std::sync::OnceLock::new(),
+            special_texts,
             kind: p.kind,
             literal: p.literal,
             control: p.control,
             control_ids,
-            tokenizer: p.tokenizer,
+            tokenizer: std::sync::Arc::new(p.tokenizer),
             bos_id: p.bos_id,
             eos_id: p.eos_id,
             stop_ids: p.stop_ids,
@@ -374,7 +385,20 @@ impl ModelTokenizer {
 
     /// Token ids of `text` as plain text: control tokens written in it are split like any text.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.plain.encode_fast(text, false).map_err(tk)?;
+        let twin_needed = self
+            .special_texts
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| text.contains(s.as_str())));
+        let tok: &Tokenizer = if twin_needed {
+            self.plain.get_or_init(|| {
+                let mut plain = (*self.tokenizer).clone();
+                plain.set_encode_special_tokens(true);
+                plain
+            })
+        } else {
+            &self.tokenizer
+        };
+        let enc = tok.encode_fast(text, false).map_err(tk)?;
         Ok(enc.get_ids().to_vec())
     }
 

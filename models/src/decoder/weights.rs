@@ -94,17 +94,25 @@ impl Proj {
 
     /// `x · Wᵀ (+ b)` for rows of f32 in host memory; only the packed GEMMs take them.
     pub fn forward_host(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_host_into(x, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward_host`] into `out` (resized to fit; its capacity is reused across calls).
+    pub fn forward_host_into(&self, x: &[f32], out: &mut Vec<f32>) -> candle_core::Result<()> {
         let [n, k] = self.dims();
         if k == 0 || !x.len().is_multiple_of(k) {
             candle_core::bail!("a {k}-wide weight applied to {} values", x.len());
         }
-        let mut out = vec![0f32; x.len() / k * n];
+        out.clear();
+        out.resize(x.len() / k * n, 0.0);
         match self {
-            Self::Packed(p) => inhaus_kernels::dense::linear_wide(x, p, &mut out),
-            Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(x, p, &mut out),
+            Self::Packed(p) => inhaus_kernels::dense::linear_wide(x, p, out),
+            Self::PackedBf16(p) => inhaus_kernels::dense_bf16::linear_bf16(x, p, out),
             _ => candle_core::bail!("a projection that is not packed on the host"),
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `x · Wᵀ (+ b)`; the packed GEMMs take and give f32.

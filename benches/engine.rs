@@ -31,6 +31,7 @@ fn main() {
             block_size: 16,
             num_blocks: 64 * 20,
             max_waiting: 256,
+            speculative: None,
         };
         let mut e = Engine::new(&m.model, cfg);
         let mut rxs = Vec::new();

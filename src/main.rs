@@ -329,6 +329,22 @@ struct ServeArgs {
     /// queue until the engine's next step takes it).
     #[arg(long, env = "INHAUS_MAX_WAITING", default_value_t = 256)]
     max_waiting: usize,
+    /// Speculative decoding: `ngram` (prompt lookup: guesses copied from where the text's last
+    /// tokens occurred before, verified in the same step; the output does not change) or `off`.
+    #[arg(long, env = "INHAUS_SPECULATIVE", default_value = "off", value_parser = ["off", "ngram"])]
+    speculative: String,
+    /// The most tokens guessed per sequence and step (fewer while guesses fail).
+    #[arg(long, env = "INHAUS_NUM_SPECULATIVE_TOKENS", default_value_t = 5)]
+    num_speculative_tokens: usize,
+    /// Prompt lookup's shortest and longest n-gram (tokens) matched against the text so far.
+    #[arg(long, env = "INHAUS_NGRAM_PROMPT_LOOKUP_MIN", default_value_t = 1)]
+    ngram_prompt_lookup_min: usize,
+    #[arg(long, env = "INHAUS_NGRAM_PROMPT_LOOKUP_MAX", default_value_t = 3)]
+    ngram_prompt_lookup_max: usize,
+    /// Guesses are made only while at most this many sequences run (a bigger batch is bound by
+    /// compute, and verifying guesses would slow it).
+    #[arg(long, env = "INHAUS_SPECULATIVE_MAX_SEQS", default_value_t = 4)]
+    speculative_max_seqs: usize,
     /// Require `Authorization: Bearer KEY` on the API (repeatable; comma-separated in the env).
     #[arg(
         long = "api-key",
@@ -430,6 +446,11 @@ struct ServeFile {
     max_num_seqs: Option<usize>,
     max_num_batched_tokens: Option<usize>,
     max_waiting: Option<usize>,
+    speculative: Option<String>,
+    num_speculative_tokens: Option<usize>,
+    ngram_prompt_lookup_min: Option<usize>,
+    ngram_prompt_lookup_max: Option<usize>,
+    speculative_max_seqs: Option<usize>,
     api_keys: Option<Vec<String>>,
     api_key_file: Option<std::path::PathBuf>,
     request_timeout_secs: Option<u64>,
@@ -499,6 +520,24 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     }
     if let (Some(v), true) = (f.max_waiting, unset("max_waiting")) {
         args.max_waiting = v;
+    }
+    if let (Some(v), true) = (f.speculative, unset("speculative")) {
+        if v != "off" && v != "ngram" {
+            bail!("config file: speculative must be \"off\" or \"ngram\"; got {v:?}");
+        }
+        args.speculative = v;
+    }
+    if let (Some(v), true) = (f.num_speculative_tokens, unset("num_speculative_tokens")) {
+        args.num_speculative_tokens = v;
+    }
+    if let (Some(v), true) = (f.ngram_prompt_lookup_min, unset("ngram_prompt_lookup_min")) {
+        args.ngram_prompt_lookup_min = v;
+    }
+    if let (Some(v), true) = (f.ngram_prompt_lookup_max, unset("ngram_prompt_lookup_max")) {
+        args.ngram_prompt_lookup_max = v;
+    }
+    if let (Some(v), true) = (f.speculative_max_seqs, unset("speculative_max_seqs")) {
+        args.speculative_max_seqs = v;
     }
     if let (Some(v), true) = (f.api_keys, unset("api_keys")) {
         args.api_keys = v;
@@ -581,6 +620,29 @@ fn apply_config_file(args: &mut ServeArgs, m: &ArgMatches) -> Result<()> {
     Ok(())
 }
 
+/// The speculation settings from the flags (`None` when off); refuses sizes that make no sense.
+fn speculative_config(args: &ServeArgs) -> Result<Option<inhaus::engine::speculate::SpecConfig>> {
+    use inhaus::engine::speculate::{SpecConfig, SpecMethod};
+    if args.speculative == "off" {
+        return Ok(None);
+    }
+    let (min_n, max_n) = (args.ngram_prompt_lookup_min, args.ngram_prompt_lookup_max);
+    if min_n == 0 || min_n > max_n {
+        bail!("--ngram-prompt-lookup-min ({min_n}) must be at least 1 and at most --ngram-prompt-lookup-max ({max_n})");
+    }
+    if !(1..=32).contains(&args.num_speculative_tokens) {
+        bail!(
+            "--num-speculative-tokens must be between 1 and 32; got {}",
+            args.num_speculative_tokens
+        );
+    }
+    Ok(Some(SpecConfig {
+        method: SpecMethod::Ngram { min_n, max_n },
+        max_tokens: args.num_speculative_tokens,
+        max_seqs: args.speculative_max_seqs,
+    }))
+}
+
 /// Applies `--served-model-name`: the i-th name is what clients call the i-th model (`NAME=MODEL`).
 fn served_names(models: Vec<String>, names: &[String]) -> Result<Vec<String>> {
     if names.len() > models.len() {
@@ -628,6 +690,7 @@ fn serve_config(args: &ServeArgs) -> Result<(inhaus::api::ServeConfig, usize)> {
             block_size: 16,
             num_blocks: 0,
             max_waiting: args.max_waiting,
+            speculative: speculative_config(args)?,
         },
         kv_cache_bytes: args.kv_cache_memory,
         load: inhaus::loader::LoadOptions {
@@ -899,6 +962,7 @@ fn main() -> Result<()> {
                 ignore_eos,
                 stop_ids: m.tokenizer.stop_ids.clone(),
                 prefill_chunk: 512,
+                speculative: None,
             };
             let mut decoder = IncrementalDecoder::new(true);
             let stdout = std::io::stdout();

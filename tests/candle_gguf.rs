@@ -121,6 +121,7 @@ fn candle_gguf_greedy_through_the_engine_matches_the_own_kernels() {
         ignore_eos: true,
         stop_ids: Vec::new(),
         prefill_chunk: 5,
+        speculative: None,
     };
     for alias in MODELS {
         let native = load(alias, BackendChoice::Native);

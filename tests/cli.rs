@@ -41,6 +41,7 @@ fn generate_streams_only_the_greedy_text() {
         ignore_eos: true,
         stop_ids: vec![],
         prefill_chunk: 512,
+        speculative: None,
     };
     let (want, _) = generate(&m.model, &ids, &opts, |_| true).expect("generate");
     let expected = m.tokenizer.decode(&want, true).expect("decode");
@@ -150,6 +151,47 @@ fn serve_refuses_limits_that_would_refuse_every_request() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("--max-connections must be at least 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_refuses_speculation_settings_that_make_no_sense() {
+    let base = ["serve", "--port", "0", "--model", "/no/such/model.gguf"];
+    for (args, want) in [
+        (
+            &[
+                "--speculative",
+                "ngram",
+                "--ngram-prompt-lookup-min",
+                "4",
+                "--ngram-prompt-lookup-max",
+                "2",
+            ][..],
+            "--ngram-prompt-lookup-min (4) must be at least 1",
+        ),
+        (
+            &["--speculative", "ngram", "--num-speculative-tokens", "0"][..],
+            "--num-speculative-tokens must be between 1 and 32",
+        ),
+        (&["--speculative", "medusa"][..], "invalid value 'medusa'"),
+    ] {
+        let out = inhaus(&[&base[..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("inhaus-cli-spec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("spec.toml");
+    std::fs::write(&cfg, "speculative = \"draft\"\n").expect("write config");
+    let out = inhaus(&[&base[..], &["--config", cfg.to_str().expect("utf-8 path")]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("speculative must be \"off\" or \"ngram\""),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

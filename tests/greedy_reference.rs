@@ -195,6 +195,7 @@ fn engine_config(block_size: usize, max_num_batched_tokens: usize, tokens: usize
         // Room for two runs without evicting the first one's cached blocks.
         num_blocks: 2 * tokens.div_ceil(block_size) + 2,
         max_waiting: 4,
+        speculative: None,
     }
 }
 
@@ -276,6 +277,7 @@ fn check_model(alias: &str) {
             ignore_eos: true,
             stop_ids: vec![],
             prefill_chunk: 512,
+            speculative: None,
         };
         let (gen, _) = generate(&m.model, &prompt_ids, &opts, |_| true).expect("generate");
         let ctx = format!("{alias} case {ci} generate()");

@@ -279,6 +279,7 @@ fn greedy_opts(prefill_chunk: usize) -> GenerateOptions {
         ignore_eos: true,
         stop_ids: Vec::new(),
         prefill_chunk,
+        speculative: None,
     }
 }
 
@@ -313,6 +314,7 @@ fn greedy_batched_with_mixed_prefill_and_decode() {
             block_size: 4,
             num_blocks: 256,
             max_waiting: 16,
+            speculative: None,
         };
         let mut engine = Engine::try_new(&m.model, cfg).expect("engine");
         let mut rxs = Vec::new();

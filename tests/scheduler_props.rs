@@ -10,6 +10,7 @@ use fake_model::FakeModel;
 use inhaus::engine::generate::FinishReason;
 use inhaus::engine::sampler::{argmax, SamplingParams};
 use inhaus::engine::scheduler::{CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent};
+use inhaus::engine::speculate::{SpecConfig, SpecMethod};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::mpsc::{channel, Receiver};
@@ -62,6 +63,7 @@ fn solo(model: &FakeModel, req: &GenerationRequest) -> Vec<(Vec<u32>, FinishReas
         block_size: 16,
         num_blocks: 256,
         max_waiting: 16,
+        speculative: None,
     };
     let mut e = Engine::new(model, cfg);
     let (tx, rx) = channel();
@@ -78,11 +80,21 @@ fn solo(model: &FakeModel, req: &GenerationRequest) -> Vec<(Vec<u32>, FinishReas
     out
 }
 
-fn random_case(seed: u64) {
+/// One random workload; with `speculate`, on a model whose output repeats itself and an engine
+/// that guesses by prompt lookup (every output must still equal the run without speculation).
+/// Returns the guessed and accepted token counts.
+fn random_case(seed: u64, speculate: bool) -> (u64, u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let model = FakeModel {
         vocab: VOCAB,
         context_len: 160,
+        // Greedy copies the token `period` back (bonus ≥ 8); sampling often does.
+        repeat: speculate.then(|| {
+            (
+                rng.random_range(1..=6),
+                [9.0, 4.0, 2.0][rng.random_range(0..3)],
+            )
+        }),
     };
     let block_size = [4, 8, 16][rng.random_range(0..3)];
     let max_num_seqs = rng.random_range(1..=16);
@@ -94,6 +106,13 @@ fn random_case(seed: u64) {
         let mut prompt: Vec<u32> = (0..plen)
             .map(|_| rng.random_range(0..VOCAB as u32))
             .collect();
+        // Some prompts repeat a pattern (prompt lookup finds it).
+        if speculate && rng.random_bool(0.3) {
+            let period = rng.random_range(1..=8);
+            for i in period..prompt.len() {
+                prompt[i] = prompt[i - period];
+            }
+        }
         // Some prompts share a prefix (prefix-cache hits).
         if rng.random_bool(0.3) && plen > 20 {
             for (i, t) in prompt.iter_mut().take(20).enumerate() {
@@ -145,7 +164,24 @@ fn random_case(seed: u64) {
         block_size,
         num_blocks: rng.random_range(min_blocks..=min_blocks * 6),
         max_waiting: 64,
+        speculative: speculate.then(|| {
+            let min_n = rng.random_range(1..=2);
+            SpecConfig {
+                method: SpecMethod::Ngram {
+                    min_n,
+                    max_n: rng.random_range(min_n..=3),
+                },
+                max_tokens: rng.random_range(1..=8),
+                max_seqs: rng.random_range(1..=16),
+            }
+        }),
     };
+    if std::env::var("DEBUG_SEED").is_ok_and(|v| v == seed.to_string()) {
+        eprintln!("model {:?} cfg {cfg:?}", model.repeat);
+        for a in &arrivals {
+            eprintln!("at {} cancel {:?} req {:?}", a.at_step, a.cancel_at, a.req);
+        }
+    }
     let mut e = Engine::new(&model, cfg.clone());
     let mut live: Vec<Live> = Vec::new();
     let mut next = 0;
@@ -261,17 +297,40 @@ fn random_case(seed: u64) {
         e.pool().num_blocks(),
         "seed {seed}: blocks leaked"
     );
+    let stats = e.stats();
+    (stats.spec_draft_tokens, stats.spec_accepted_tokens)
+}
+
+fn prop_cases() -> u64 {
+    std::env::var("INHAUS_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 #[test]
 fn random_workloads_respect_budgets_and_match_solo_runs() {
-    let cases: u64 = std::env::var("INHAUS_PROP_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    for seed in 0..cases {
-        random_case(seed);
+    for seed in 0..prop_cases() {
+        random_case(seed, false);
     }
+}
+
+/// Speculative decoding changes no output: greedy and seeded sampled choices equal their runs
+/// without it, through preemption, prefix-cache hits, `n`, stop tokens, `min_tokens` and
+/// cancellations, every step within the budget, and no block leaks.
+#[test]
+fn speculation_changes_no_output_in_random_workloads() {
+    let (mut guessed, mut accepted) = (0, 0);
+    for seed in 0..prop_cases() {
+        let (g, a) = random_case(seed, true);
+        guessed += g;
+        accepted += a;
+    }
+    // The guesses were made and mostly (not always) right: both paths ran.
+    assert!(
+        accepted > 1000 && accepted < guessed,
+        "{accepted} of {guessed} guesses accepted"
+    );
 }
 
 #[test]
@@ -280,6 +339,7 @@ fn preemption_happens_and_preempted_work_resumes() {
     let model = FakeModel {
         vocab: VOCAB,
         context_len: 160,
+        repeat: None,
     };
     let cfg = EngineConfig {
         max_num_seqs: 8,
@@ -287,6 +347,7 @@ fn preemption_happens_and_preempted_work_resumes() {
         block_size: 4,
         num_blocks: 12,
         max_waiting: 16,
+        speculative: None,
     };
     let mut e = Engine::new(&model, cfg);
     let mut rxs = Vec::new();
@@ -327,6 +388,7 @@ fn generate_is_a_one_request_client_of_the_engine() {
     let model = FakeModel {
         vocab: VOCAB,
         context_len: 160,
+        repeat: None,
     };
     let prompt: Vec<u32> = (0..37).map(|t| (t * 5 + 3) % VOCAB as u32).collect();
     for (chunk, stop_ids, ignore_eos) in [
@@ -341,6 +403,7 @@ fn generate_is_a_one_request_client_of_the_engine() {
             ignore_eos,
             stop_ids: stop_ids.clone(),
             prefill_chunk: chunk,
+            speculative: None,
         };
         let mut seen = Vec::new();
         let (got, stats) = generate(&model, &prompt, &opts, |id| {
@@ -365,6 +428,7 @@ fn generate_is_a_one_request_client_of_the_engine() {
         ignore_eos: true,
         stop_ids: vec![],
         prefill_chunk: 16,
+        speculative: None,
     };
     let mut n = 0;
     let (got, stats) = generate(&model, &prompt, &opts, |_| {
@@ -401,6 +465,7 @@ fn tenants_share_seats_and_the_queue_fairly() {
     let model = FakeModel {
         vocab: VOCAB,
         context_len: 160,
+        repeat: None,
     };
     let cfg = EngineConfig {
         max_num_seqs: 1,
@@ -408,6 +473,7 @@ fn tenants_share_seats_and_the_queue_fairly() {
         block_size: 4,
         num_blocks: 64,
         max_waiting: 4,
+        speculative: None,
     };
     let mut e = Engine::new(&model, cfg);
     let req = |tenant: &str, i: u32| {

@@ -62,6 +62,7 @@ fn a_failing_sequence_fails_alone_and_its_neighbours_finish() {
             block_size: 4,
             num_blocks: 32,
             max_waiting: 8,
+            speculative: None,
         },
     );
     let mut rxs = Vec::new();

@@ -44,6 +44,7 @@ pub fn speed(
         ignore_eos: true,
         stop_ids: vec![],
         prefill_chunk: prompt.max(1),
+        speculative: None,
     };
     generate(model, &prompt_ids[..prompt.clamp(1, 16)], &opts(2), |_| {
         true

@@ -100,6 +100,20 @@ impl SeqConstraint {
         Ok(self.mask.as_ref())
     }
 
+    /// How many of `tokens` (guesses for the next positions) the grammar accepts in a row; all of
+    /// them when the constraint is not active (the guesses are still checked token by token when
+    /// they are drawn: a trigger among them wakes the grammar up then).
+    pub fn valid_prefix(&mut self, tokens: &[u32]) -> usize {
+        if self.poisoned.is_some() {
+            return 0;
+        }
+        match self.active.as_mut() {
+            None => tokens.len(),
+            // An error (a matcher that cannot tell) keeps no guesses: they only save time.
+            Some(m) => m.validate_tokens(tokens).unwrap_or(0),
+        }
+    }
+
     /// Moves the constraint past a sampled token (`is_stop`: a token that ends the sequence).
     pub fn advance(&mut self, tok: u32, is_stop: bool) -> Advance {
         self.mask = None;

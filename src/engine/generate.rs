@@ -6,6 +6,7 @@ pub use super::scheduler::FinishReason;
 use super::scheduler::{
     AdmissionError, CancelHandle, Engine, EngineConfig, GenerationRequest, SeqEvent,
 };
+use super::speculate::SpecConfig;
 use super::step_model::StepModel;
 use inhaus_models::ModelError;
 use std::sync::mpsc;
@@ -20,6 +21,8 @@ pub struct GenerateOptions {
     pub stop_ids: Vec<u32>,
     /// Prompt tokens per forward during prefill (the engine's `max_num_batched_tokens`).
     pub prefill_chunk: usize,
+    /// Speculative decoding, if on.
+    pub speculative: Option<SpecConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,13 +58,14 @@ pub enum GenerateError {
 const BLOCK_SIZE: usize = 16;
 
 /// The engine configuration that holds exactly one request of `total` tokens.
-fn one_request_config(total: usize, prefill_chunk: usize) -> EngineConfig {
+fn one_request_config(total: usize, opts: &GenerateOptions) -> EngineConfig {
     EngineConfig {
         max_num_seqs: 1,
-        max_num_batched_tokens: prefill_chunk.max(1),
+        max_num_batched_tokens: opts.prefill_chunk.max(1),
         block_size: BLOCK_SIZE,
         num_blocks: total.div_ceil(BLOCK_SIZE).max(1),
         max_waiting: 1,
+        speculative: opts.speculative.clone(),
     }
 }
 
@@ -83,7 +87,7 @@ pub fn generate<M: StepModel>(
             context,
         });
     }
-    let cfg = one_request_config(total, opts.prefill_chunk);
+    let cfg = one_request_config(total, opts);
     let mut engine = Engine::try_new(model, cfg)?;
     let req = GenerationRequest {
         sampling: opts.sampling.clone(),

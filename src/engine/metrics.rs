@@ -17,6 +17,13 @@ pub struct ModelLabel {
 
 type Hist = Family<ModelLabel, Histogram, fn() -> Histogram>;
 
+/// A model and a guess's position (0 = the first token guessed after the sequence's last).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpecPositionLabel {
+    pub model_name: String,
+    pub position: String,
+}
+
 /// The labels of `vllm:cache_config_info` (what an inference gateway reads of the KV cache).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheConfigLabels {
@@ -49,6 +56,10 @@ pub struct EngineMetricFamilies {
     e2e: Hist,
     warmup: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     cache_config: Family<CacheConfigLabels, Gauge>,
+    spec_drafts: Family<ModelLabel, Counter>,
+    spec_draft_tokens: Family<ModelLabel, Counter>,
+    spec_accepted_tokens: Family<ModelLabel, Counter>,
+    spec_accepted_per_pos: Family<SpecPositionLabel, Counter>,
 }
 
 impl EngineMetricFamilies {
@@ -67,6 +78,10 @@ impl EngineMetricFamilies {
             e2e: Family::new_with_constructor(latency_histogram),
             warmup: Family::default(),
             cache_config: Family::default(),
+            spec_drafts: Family::default(),
+            spec_draft_tokens: Family::default(),
+            spec_accepted_tokens: Family::default(),
+            spec_accepted_per_pos: Family::default(),
         };
         reg.register(
             "inhaus:num_requests_running",
@@ -129,6 +144,27 @@ impl EngineMetricFamilies {
             "Seconds the engine's warm-up forward took before the model was reported ready",
             f.warmup.clone(),
         );
+        // Speculative decoding, as vLLM names it: acceptance rate = accepted / draft tokens.
+        reg.register(
+            "inhaus:spec_decode_num_drafts",
+            "Speculation steps: sequence-steps that verified at least one guessed token",
+            f.spec_drafts.clone(),
+        );
+        reg.register(
+            "inhaus:spec_decode_num_draft_tokens",
+            "Guessed tokens verified by the model",
+            f.spec_draft_tokens.clone(),
+        );
+        reg.register(
+            "inhaus:spec_decode_num_accepted_tokens",
+            "Guessed tokens the model accepted",
+            f.spec_accepted_tokens.clone(),
+        );
+        reg.register(
+            "inhaus:spec_decode_num_accepted_tokens_per_pos",
+            "Guessed tokens accepted, by position in the guess (0 = first)",
+            f.spec_accepted_per_pos.clone(),
+        );
         f
     }
 
@@ -188,6 +224,11 @@ impl EngineMetricFamilies {
             itl: self.itl.get_or_create(&l).clone(),
             e2e: self.e2e.get_or_create(&l).clone(),
             warmup: self.warmup.get_or_create(&l).clone(),
+            spec_drafts: self.spec_drafts.get_or_create(&l).clone(),
+            spec_draft_tokens: self.spec_draft_tokens.get_or_create(&l).clone(),
+            spec_accepted_tokens: self.spec_accepted_tokens.get_or_create(&l).clone(),
+            spec_accepted_per_pos: self.spec_accepted_per_pos.clone(),
+            model_name: model.to_string(),
         }
     }
 }
@@ -208,6 +249,36 @@ pub struct EngineMetrics {
     pub e2e: Histogram,
     /// Seconds the warm-up took (0 until it ran).
     pub warmup: Gauge<f64, AtomicU64>,
+    pub spec_drafts: Counter,
+    pub spec_draft_tokens: Counter,
+    pub spec_accepted_tokens: Counter,
+    spec_accepted_per_pos: Family<SpecPositionLabel, Counter>,
+    model_name: String,
+}
+
+impl EngineMetrics {
+    /// Records one sequence-step's speculation: `guessed` tokens verified, the first `accepted`
+    /// of them accepted.
+    pub fn speculated(&self, guessed: usize, accepted: usize) {
+        if guessed == 0 {
+            return;
+        }
+        self.spec_drafts.inc();
+        self.spec_draft_tokens.inc_by(guessed as u64);
+        self.spec_accepted_tokens.inc_by(accepted as u64);
+        for pos in 0..guessed {
+            // Every verified position gets a series (zero when never accepted), as vLLM's.
+            let c = self
+                .spec_accepted_per_pos
+                .get_or_create(&SpecPositionLabel {
+                    model_name: self.model_name.clone(),
+                    position: pos.to_string(),
+                });
+            if pos < accepted {
+                c.inc();
+            }
+        }
+    }
 }
 
 impl Default for EngineMetrics {
@@ -225,6 +296,11 @@ impl Default for EngineMetrics {
             itl: latency_histogram(),
             e2e: latency_histogram(),
             warmup: Gauge::default(),
+            spec_drafts: Counter::default(),
+            spec_draft_tokens: Counter::default(),
+            spec_accepted_tokens: Counter::default(),
+            spec_accepted_per_pos: Family::default(),
+            model_name: String::new(),
         }
     }
 }

@@ -6,42 +6,22 @@
 //! is computed (`num_computed`) catching up with its token list, so chunked prefill, prefix-cache hits
 //! and recompute after preemption are the same rule. When blocks run out, the newest running sequence
 //! is preempted (its blocks freed, itself requeued first) instead of failing anything.
-use super::block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
-use super::constraint::{Advance, Constraint, SeqConstraint};
-use super::fair_share::{Candidate, FairShare, Seats, Tenant};
+use super::block_pool::{BlockId, BlockPool, PrefixCacheStats};
+use super::constraint::SeqConstraint;
+use super::draw;
+use super::fair_share::{Candidate, FairShare, Seats};
 use super::metrics::EngineMetrics;
-use super::sampler::{token_logprobs, Sampler, SamplingParams, TokenLogprobs};
+pub use super::request::{
+    AdmissionError, CancelHandle, FinishReason, GenerationRequest, SeqEvent, SeqId,
+};
+use super::seq::{choice_sampler, request_params, RequestClock, Seq};
+use super::speculate::{SpecConfig, SpecState};
 use super::step_model::StepModel;
-use inhaus_models::{Batch, Forward, LogitsWanted, ModelError, SeqChunk, StepLogits};
+use inhaus_models::{Batch, Forward, LogitsWanted, ModelError, SeqChunk};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use thiserror::Error;
-
-/// A sequence's sampled token with its log-probabilities, or why the sequence ends instead.
-type Pick = Result<(u32, Option<TokenLogprobs>), FinishReason>;
-
-/// One sequence's draw on the compute pool: the sequence, its logits row, and the pick once made.
-type SampleTask<'a> = Mutex<(&'a mut Seq, &'a [f32], Option<Pick>)>;
-
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token (or stop condition) was produced.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
-    /// The receiver went away (the client disconnected) or the request was cancelled.
-    Cancelled,
-    /// The engine failed while computing the sequence.
-    Error,
-}
-
-/// Identifies a sequence for its whole life in the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeqId(pub u64);
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -51,170 +31,8 @@ pub struct EngineConfig {
     pub num_blocks: usize,
     /// Requests waiting beyond this are refused at once.
     pub max_waiting: usize,
-}
-
-/// What a caller asks the engine to generate.
-#[derive(Clone, Debug)]
-pub struct GenerationRequest {
-    pub prompt: Vec<u32>,
-    pub sampling: SamplingParams,
-    pub max_tokens: usize,
-    /// Stop tokens cannot be drawn before this many tokens are generated.
-    pub min_tokens: usize,
-    pub stop_ids: Vec<u32>,
-    pub ignore_eos: bool,
-    /// Choices to generate from the one prompt (`n` in the API); they share the prompt's KV blocks.
-    /// Choice `i` samples with seed `seed + i` when a seed is given.
-    pub n: usize,
-    /// The grammar the output must follow, if any (each choice gets its own copy).
-    pub constraint: Option<Constraint>,
-    /// Whose request it is: seats are shared fairly between tenants (see `fair_share`).
-    pub tenant: Option<Tenant>,
-}
-
-impl GenerationRequest {
-    /// A request for one choice with default sampling (greedy).
-    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
-        Self {
-            prompt,
-            sampling: SamplingParams::default(),
-            max_tokens,
-            min_tokens: 0,
-            stop_ids: Vec::new(),
-            ignore_eos: false,
-            n: 1,
-            constraint: None,
-            tenant: None,
-        }
-    }
-}
-
-/// What the engine sends back for each choice of a request, in order: tokens, then exactly one
-/// `Finished`. Events of different choices interleave.
-#[derive(Clone, Debug, PartialEq)]
-pub enum SeqEvent {
-    Token {
-        choice: usize,
-        id: u32,
-        logprobs: Option<TokenLogprobs>,
-    },
-    Finished {
-        choice: usize,
-        reason: FinishReason,
-    },
-}
-
-/// A request's latency bookkeeping, shared by its choices: its arrival, whether its first token
-/// was seen (TTFT is recorded once), and how many choices are still open (end-to-end latency is
-/// recorded when the last one ends).
-#[derive(Debug)]
-struct RequestClock {
-    arrival: Instant,
-    first_token: AtomicBool,
-    open: AtomicUsize,
-}
-
-impl RequestClock {
-    fn new(n: usize) -> Self {
-        Self {
-            arrival: Instant::now(),
-            first_token: AtomicBool::new(false),
-            open: AtomicUsize::new(n.max(1)),
-        }
-    }
-}
-
-/// Cancels a request's choices from any thread; the engine frees them at its next step.
-#[derive(Clone, Debug)]
-pub struct CancelHandle(Arc<[AtomicBool]>);
-
-impl CancelHandle {
-    pub fn new(n: usize) -> Self {
-        Self((0..n.max(1)).map(|_| AtomicBool::new(false)).collect())
-    }
-    pub fn cancel(&self, choice: usize) {
-        if let Some(f) = self.0.get(choice) {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-    pub fn cancel_all(&self) {
-        for f in self.0.iter() {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-    pub fn is_cancelled(&self, choice: usize) -> bool {
-        self.0.get(choice).is_none_or(|f| f.load(Ordering::Relaxed))
-    }
-}
-
-#[derive(Debug, Error, PartialEq)]
-pub enum AdmissionError {
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of {limit} tokens")]
-    TooLong {
-        prompt: usize,
-        max_tokens: usize,
-        limit: usize,
-    },
-    #[error("too many requests are waiting; retry later")]
-    QueueFull,
-    #[error("n must be between 1 and {max}")]
-    BadChoiceCount { max: usize },
-}
-
-struct Seq {
-    id: SeqId,
-    /// Which of the request's choices this sequence generates.
-    choice: usize,
-    /// Choices still to fork from this sequence once its prompt is computed.
-    forks: Vec<usize>,
-    cancel: CancelHandle,
-    clock: Arc<RequestClock>,
-    last_token_at: Option<Instant>,
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    /// Tokens whose keys and values are in the cache.
-    num_computed: usize,
-    table: Vec<BlockId>,
-    /// Full blocks registered for prefix reuse, and the hash of the last one.
-    registered: usize,
-    last_hash: Option<BlockHash>,
-    sampler: Sampler,
-    max_tokens: usize,
-    min_tokens: usize,
-    stop_ids: Vec<u32>,
-    ignore_eos: bool,
-    constraint: Option<SeqConstraint>,
-    /// Its prompt was looked up in the prefix cache once (retries do not count again).
-    prefix_looked_up: bool,
-    tenant: Option<Tenant>,
-    tx: Sender<SeqEvent>,
-}
-
-impl Seq {
-    fn generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
-    fn cancelled(&self) -> bool {
-        self.cancel.is_cancelled(self.choice)
-            && self.forks.iter().all(|&c| self.cancel.is_cancelled(c))
-    }
-}
-
-/// The request's sampling parameters with its original seed (a sequence's sampler holds its
-/// choice's offset seed).
-fn request_params(seq: &Seq) -> SamplingParams {
-    let mut p = seq.sampler.params().clone();
-    p.seed = p.seed.map(|s| s.wrapping_sub(seq.choice as u64));
-    p
-}
-
-/// The sampler for `choice` of a request: choice `i` of a seeded request is seeded `seed + i`.
-fn choice_sampler(params: &SamplingParams, prompt: &[u32], choice: usize) -> Sampler {
-    let mut p = params.clone();
-    p.seed = p.seed.map(|s| s.wrapping_add(choice as u64));
-    Sampler::with_prompt(p, prompt)
+    /// Speculative decoding, if on (see `speculate`).
+    pub speculative: Option<SpecConfig>,
 }
 
 /// Counters the API exports as metrics.
@@ -223,6 +41,9 @@ pub struct EngineStats {
     pub preemptions: u64,
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
+    /// Speculative decoding: guessed tokens verified, and those accepted.
+    pub spec_draft_tokens: u64,
+    pub spec_accepted_tokens: u64,
 }
 
 /// One step's work: `(index into running, tokens to compute)`, and the `(source, copy)` blocks to
@@ -295,6 +116,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
             preemptions: self.metrics.preemptions.get(),
             prompt_tokens: self.metrics.prompt_tokens.get(),
             generation_tokens: self.metrics.generation_tokens.get(),
+            spec_draft_tokens: self.metrics.spec_draft_tokens.get(),
+            spec_accepted_tokens: self.metrics.spec_accepted_tokens.get(),
         }
     }
     pub fn num_running(&self) -> usize {
@@ -366,6 +189,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
             prefix_looked_up: false,
             tenant: req.tenant,
             tx,
+            spec: SpecState::default(),
+            draft: Vec::new(),
         });
         self.metrics.waiting.set(self.waiting.len() as i64);
         Ok(id)
@@ -378,6 +203,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
         seq.num_computed = 0;
         seq.registered = 0;
         seq.last_hash = None;
+        seq.draft.clear();
     }
 
     /// Grows `seq`'s block table to hold `upto` positions and makes the block that the next position
@@ -484,14 +310,37 @@ impl<'m, M: StepModel> Engine<'m, M> {
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut plan: Vec<(usize, usize)> = Vec::new();
         let mut copies = Vec::new();
+        // Guesses only while few sequences run (a bigger batch is bound by compute).
+        let speculate = self
+            .cfg
+            .speculative
+            .clone()
+            .filter(|c| self.running.len() <= c.max_seqs);
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let seq = &self.running[i];
+            let seq = &mut self.running[i];
             let n = (seq.tokens.len() - seq.num_computed).min(budget);
-            let upto = seq.num_computed + n;
-            if Self::reserve(&mut self.pool, &mut self.running[i], upto, &mut copies) {
+            let guesses = match &speculate {
+                Some(c) if n == 1 && seq.tokens.len() - seq.num_computed == 1 => {
+                    Self::propose(c, seq, budget - 1)
+                }
+                _ => 0,
+            };
+            let upto = seq.num_computed + n + guesses;
+            let mut fits = Self::reserve(&mut self.pool, &mut self.running[i], upto, &mut copies);
+            if !fits && guesses > 0 {
+                // No room for the guesses: the step goes on without them (never preempt for them).
+                self.running[i].draft.clear();
+                fits = Self::reserve(
+                    &mut self.pool,
+                    &mut self.running[i],
+                    upto - guesses,
+                    &mut copies,
+                );
+            }
+            if fits {
                 plan.push((i, n));
-                budget -= n;
+                budget -= n + self.running[i].draft.len();
                 i += 1;
                 continue;
             }
@@ -559,121 +408,40 @@ impl<'m, M: StepModel> Engine<'m, M> {
         StepPlan { plan, copies }
     }
 
-    /// Samples `seq`'s next token from `row` (within its grammar, if it has one), with its
-    /// log-probabilities when asked. Touches only `seq`: the step runs it for every sequence at once
-    /// on the compute pool.
-    fn pick_token(seq: &mut Seq, row: &[f32]) -> Pick {
-        let banned: &[u32] = if seq.generated() < seq.min_tokens {
-            &seq.stop_ids
-        } else {
-            &[]
+    /// Makes `seq`'s guesses for this step (at most `room`, none past its `max_tokens`), cut where
+    /// its grammar would refuse them; returns how many.
+    fn propose(spec: &SpecConfig, seq: &mut Seq, room: usize) -> usize {
+        seq.draft.clear();
+        // A sequence that still forks samples its choices' first tokens from its last prompt
+        // row: no guesses may follow that token.
+        if !seq.forks.is_empty() {
+            return 0;
+        }
+        // Tokens this step may still emit beyond the one sampled from the last token's row.
+        let left = seq.max_tokens.saturating_sub(seq.generated() + 1);
+        let k = left.min(room);
+        if k == 0 {
+            return 0;
+        }
+        let k = seq.spec.budget(spec.max_tokens).min(k);
+        let guess = spec.propose(&seq.tokens, k);
+        let keep = match seq.constraint.as_mut() {
+            Some(c) => c.valid_prefix(guess),
+            None => guess.len(),
         };
-        let tok = match seq.constraint.as_mut().map(SeqConstraint::mask) {
-            None | Some(Ok(None)) => seq.sampler.sample_with(row, banned, None),
-            Some(Ok(Some(mask))) => seq.sampler.sample_with(row, banned, Some(mask)),
-            Some(Err(e)) => {
-                tracing::error!(seq = seq.id.0, "grammar failed: {e}");
-                return Err(FinishReason::Error);
-            }
-        };
-        let logprobs = seq
-            .sampler
-            .params()
-            .logprobs
-            .map(|k| token_logprobs(row, tok, k));
-        Ok((tok, logprobs))
+        seq.draft.extend_from_slice(&guess[..keep]);
+        keep
     }
 
-    /// Streams `seq`'s picked token and says whether the sequence is done.
-    fn emit_token(seq: &mut Seq, pick: Pick, metrics: &EngineMetrics) -> Option<FinishReason> {
-        let (tok, logprobs) = match pick {
-            Ok(p) => p,
-            Err(reason) => return Some(reason),
-        };
-        seq.sampler.observe(tok);
-        seq.tokens.push(tok);
-        metrics.generation_tokens.inc();
-        let now = Instant::now();
-        match seq.last_token_at {
-            // Time to first token: once per request, at its first token of any choice.
-            None if !seq.clock.first_token.swap(true, Ordering::Relaxed) => metrics
-                .ttft
-                .observe(now.duration_since(seq.clock.arrival).as_secs_f64()),
-            None => {}
-            Some(t) => metrics.itl.observe(now.duration_since(t).as_secs_f64()),
+    /// Registers `seq`'s blocks that are now full (their tokens computed) for prefix reuse.
+    fn register_full_blocks(pool: &mut BlockPool, seq: &mut Seq, bs: usize) {
+        while seq.registered < seq.num_computed / bs {
+            let r = seq.registered;
+            let parent = seq.last_hash.zip(r.checked_sub(1).map(|p| seq.table[p]));
+            seq.last_hash =
+                Some(pool.register_full(seq.table[r], parent, &seq.tokens[r * bs..(r + 1) * bs]));
+            seq.registered += 1;
         }
-        seq.last_token_at = Some(now);
-        let is_stop = seq.stop_ids.contains(&tok);
-        let grammar = seq
-            .constraint
-            .as_mut()
-            .map(|c| c.advance(tok, is_stop))
-            .unwrap_or(Advance::Continue);
-        let event = SeqEvent::Token {
-            choice: seq.choice,
-            id: tok,
-            logprobs,
-        };
-        if seq.tx.send(event).is_err() {
-            Some(FinishReason::Cancelled)
-        } else if let Advance::Failed(e) = grammar {
-            tracing::error!(seq = seq.id.0, "grammar rejected token {tok}: {e}");
-            Some(FinishReason::Error)
-        } else if (is_stop && !seq.ignore_eos) || grammar == Advance::Complete {
-            // A stop token ends the sequence (unless ignored), and so does a complete grammar.
-            Some(FinishReason::Stop)
-        } else if seq.generated() >= seq.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        }
-    }
-
-    /// Samples every sequence of the step (the forked children first, then the running ones that
-    /// have a row), spread over the compute pool: each draw reads its own row and touches only its
-    /// own sequence. The picks come back in that order.
-    fn pick_tokens(
-        running: &mut [Seq],
-        rows: &[Option<usize>],
-        children: &mut [(Seq, usize)],
-        logits: &StepLogits,
-    ) -> Vec<Pick> {
-        let mut work: Vec<(&mut Seq, &[f32])> = Vec::with_capacity(running.len() + children.len());
-        for (child, k) in children.iter_mut() {
-            if let Some(row) = logits.last(*k) {
-                work.push((child, row));
-            }
-        }
-        for (seq, k) in running.iter_mut().zip(rows) {
-            if let Some(row) = k.and_then(|k| logits.last(k)) {
-                work.push((seq, row));
-            }
-        }
-        if work.len() < 2 || inhaus_kernels::pool::threads() < 2 {
-            return work
-                .into_iter()
-                .map(|(seq, row)| Self::pick_token(seq, row))
-                .collect();
-        }
-        // One lock per task, never contended: it only hands each task its own sequence.
-        let tasks: Vec<SampleTask> = work
-            .into_iter()
-            .map(|(seq, row)| Mutex::new((seq, row, None)))
-            .collect();
-        inhaus_kernels::pool::parallel_for(tasks.len(), |t| {
-            let mut task = tasks[t].lock().unwrap_or_else(|e| e.into_inner());
-            let (seq, row, pick) = &mut *task;
-            *pick = Some(Self::pick_token(seq, row));
-        });
-        tasks
-            .into_iter()
-            .map(|m| {
-                m.into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .2
-                    .unwrap_or(Err(FinishReason::Error))
-            })
-            .collect()
     }
 
     /// Forks the choices `seq` still owes, now that its prompt is computed: each child shares the
@@ -707,6 +475,8 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 prefix_looked_up: true,
                 tenant: parent.tenant.clone(),
                 tx: parent.tx.clone(),
+                spec: SpecState::default(),
+                draft: Vec::new(),
             });
             self.next_id += 1;
         }
@@ -773,21 +543,32 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 }
             }
         }
+        // A sequence's guesses go into the forward after its last token (its token list holds them
+        // for the forward only), with a logits row for every position to verify them.
+        let guessed: Vec<usize> = plan
+            .iter()
+            .map(|&(i, _)| {
+                let s = &mut self.running[i];
+                s.tokens.extend_from_slice(&s.draft);
+                s.draft.len()
+            })
+            .collect();
         let batch = Batch {
             seqs: plan
                 .iter()
                 .zip(&tables)
-                .map(|(&(i, n), table)| {
+                .zip(&guessed)
+                .map(|((&(i, n), table), &g)| {
                     let s = &self.running[i];
-                    let last = s.num_computed + n == s.tokens.len();
+                    let last = s.num_computed + n + g == s.tokens.len();
                     SeqChunk {
-                        tokens: &s.tokens[s.num_computed..s.num_computed + n],
+                        tokens: &s.tokens[s.num_computed..s.num_computed + n + g],
                         start_pos: s.num_computed,
                         block_table: table,
-                        logits: if last {
-                            LogitsWanted::Last
-                        } else {
-                            LogitsWanted::None
+                        logits: match (last, g) {
+                            (false, _) => LogitsWanted::None,
+                            (true, 0) => LogitsWanted::Last,
+                            (true, _) => LogitsWanted::All,
                         },
                     }
                 })
@@ -815,6 +596,10 @@ impl<'m, M: StepModel> Engine<'m, M> {
             (logits, masks.map(|h| h.join()))
         });
         drop(batch);
+        for (&(i, _), &g) in plan.iter().zip(&guessed) {
+            let s = &mut self.running[i];
+            s.tokens.truncate(s.tokens.len() - g);
+        }
         match prepared {
             None => {}
             Some(Ok(list)) => {
@@ -838,16 +623,7 @@ impl<'m, M: StepModel> Engine<'m, M> {
         for (k, &(i, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             seq.num_computed += n;
-            while seq.registered < seq.num_computed / bs {
-                let r = seq.registered;
-                let parent = seq.last_hash.zip(r.checked_sub(1).map(|p| seq.table[p]));
-                seq.last_hash = Some(self.pool.register_full(
-                    seq.table[r],
-                    parent,
-                    &seq.tokens[r * bs..(r + 1) * bs],
-                ));
-                seq.registered += 1;
-            }
+            Self::register_full_blocks(&mut self.pool, seq, bs);
             if logits.last(k).is_none() {
                 continue;
             }
@@ -856,23 +632,46 @@ impl<'m, M: StepModel> Engine<'m, M> {
                 children.extend(self.fork_children(i).into_iter().map(|c| (c, k)));
             }
         }
-        let picks = Self::pick_tokens(&mut self.running, &rows, &mut children, &logits);
-        let mut picks = picks.into_iter();
+        let drawn = draw::draw_all(
+            &mut self.running,
+            &rows,
+            &mut children,
+            &logits,
+            &self.metrics,
+        );
+        let mut drawn = drawn.into_iter();
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forked: Vec<Seq> = Vec::new();
         for (mut child, _) in children {
-            let Some(pick) = picks.next() else { break };
-            match Self::emit_token(&mut child, pick, &self.metrics) {
+            let Some(d) = drawn.next() else { break };
+            match d.end {
                 Some(r) => self.finish(&mut child, r),
                 None => forked.push(child),
             }
         }
+        let max_k = self.cfg.speculative.as_ref().map_or(0, |c| c.max_tokens);
         for (i, seq) in self.running.iter_mut().enumerate() {
             if rows[i].is_none() {
                 continue;
             }
-            let Some(pick) = picks.next() else { break };
-            if let Some(r) = Self::emit_token(seq, pick, &self.metrics) {
+            let Some(d) = drawn.next() else { break };
+            let guessed = seq.draft.len();
+            seq.draft.clear();
+            if guessed > 0 {
+                // The accepted guesses' keys and values were computed in this forward; the rest
+                // are dropped (their slots are written again when those positions are computed),
+                // and so are blocks that held only rejected guesses.
+                seq.num_computed += d.accepted;
+                Self::register_full_blocks(&mut self.pool, seq, bs);
+                let need = (seq.num_computed + 1).div_ceil(bs);
+                if seq.table.len() > need {
+                    self.pool.free(&seq.table[need..]);
+                    seq.table.truncate(need);
+                }
+                self.metrics.speculated(guessed, d.accepted);
+                seq.spec.record(guessed, d.accepted, max_k);
+            }
+            if let Some(r) = d.end {
                 finished.push((i, r));
             }
         }

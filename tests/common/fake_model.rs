@@ -12,6 +12,10 @@ use inhaus_models::{Batch, LogitsWanted, ModelError, StepLogits};
 pub struct FakeModel {
     pub vocab: usize,
     pub context_len: usize,
+    /// `(period, bonus)`: `bonus` is added to the logit of the token `period` positions back, so the
+    /// output tends to repeat itself (greedy: always, once `bonus` ≥ 8) and prompt lookup's guesses
+    /// come true (the speculation tests).
+    pub repeat: Option<(usize, f32)>,
 }
 
 /// The fake cache: `slots[block * block_size + offset]`, `u32::MAX` where nothing was written.
@@ -27,13 +31,25 @@ impl FakeModel {
         for &t in context {
             h = (h ^ t as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        (0..self.vocab as u64)
+        let mut logits: Vec<f32> = (0..self.vocab as u64)
             .map(|i| {
                 let x =
                     (h ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
                 ((x >> 40) as f32) / (1u64 << 24) as f32 * 8.0
             })
-            .collect()
+            .collect();
+        if let Some((period, bonus)) = self.repeat {
+            if let Some(&t) = context
+                .len()
+                .checked_sub(period)
+                .and_then(|i| context.get(i))
+            {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l += bonus;
+                }
+            }
+        }
+        logits
     }
 }
 

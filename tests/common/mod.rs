@@ -16,6 +16,7 @@ pub fn engine_config(num_blocks: usize) -> inhaus::engine::scheduler::EngineConf
         block_size: 16,
         num_blocks,
         max_waiting: 256,
+        speculative: None,
     }
 }
 

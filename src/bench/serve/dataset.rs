@@ -6,7 +6,8 @@ use std::path::Path;
 
 /// One dataset line: `{"prompt": ...}`, `{"messages": [...]}` (several user messages make a
 /// multi-turn conversation) or ShareGPT's `{"conversations": [{"from": "human", "value": ...}]}`;
-/// optional `max_tokens` / `output_len`.
+/// optional `max_tokens` / `output_len`, and `"ignore_eos": false` to let the model end its answer
+/// (by default every answer is made exactly `max_tokens` long).
 pub(super) fn parse_line(v: &Value, output_len: LenRange) -> Result<Chain, String> {
     let max_tokens = v
         .get("max_tokens")
@@ -14,6 +15,7 @@ pub(super) fn parse_line(v: &Value, output_len: LenRange) -> Result<Chain, Strin
         .and_then(Value::as_u64)
         .map(|n| n as usize)
         .unwrap_or(output_len.max);
+    let exact_len = v.get("ignore_eos").and_then(Value::as_bool).unwrap_or(true);
     let messages: Vec<Message> = if let Some(p) = v.get("prompt").and_then(Value::as_str) {
         vec![user(p.to_string())]
     } else if let Some(list) = v
@@ -55,7 +57,7 @@ pub(super) fn parse_line(v: &Value, output_len: LenRange) -> Result<Chain, Strin
         .map(|(i, _)| Turn {
             messages: messages[..=i].to_vec(),
             max_tokens,
-            exact_len: true,
+            exact_len,
             extra: None,
         })
         .collect();
@@ -104,5 +106,15 @@ mod tests {
         assert_eq!(chain[0].messages.len(), 2);
         assert_eq!(chain[1].messages.len(), 4);
         assert_eq!(chain[1].max_tokens, 9);
+        assert!(chain[0].exact_len, "ignore_eos is sent by default");
+    }
+
+    #[test]
+    fn a_line_may_let_the_model_end_its_answer() {
+        let v = json!({"prompt": "p", "max_tokens": 7, "ignore_eos": false});
+        let chain = parse_line(&v, LenRange { min: 9, max: 9 }).unwrap_or_default();
+        assert_eq!(chain.len(), 1);
+        assert_eq!(chain[0].max_tokens, 7);
+        assert!(!chain[0].exact_len);
     }
 }

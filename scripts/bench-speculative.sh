@@ -21,7 +21,7 @@ ROUNDS="${ROUNDS:-2}"
 TEMPS="${TEMPS:-0 default}"
 PORT="${PORT:-8191}"
 OUT="${OUT:-docs/bench/speculative-$(date +%F)}"
-K="${K:-5}"
+K="${K:-3}"
 cargo build --release --bin inhaus
 mkdir -p "$OUT"
 url="http://127.0.0.1:$PORT"

@@ -333,8 +333,10 @@ struct ServeArgs {
     /// tokens occurred before, verified in the same step; the output does not change) or `off`.
     #[arg(long, env = "INHAUS_SPECULATIVE", default_value = "off", value_parser = ["off", "ngram"])]
     speculative: String,
-    /// The most tokens guessed per sequence and step (fewer while guesses fail).
-    #[arg(long, env = "INHAUS_NUM_SPECULATIVE_TOKENS", default_value_t = 5)]
+    /// The most tokens guessed per sequence and step (fewer while guesses fail). On a CPU a step
+    /// that verifies guesses costs more than a decode step, so few guesses pay best (3 measured
+    /// 1.41x against 5's 1.28x on copy-heavy prompts, 2-core EPYC).
+    #[arg(long, env = "INHAUS_NUM_SPECULATIVE_TOKENS", default_value_t = 3)]
     num_speculative_tokens: usize,
     /// Prompt lookup's shortest and longest n-gram (tokens) matched against the text so far.
     #[arg(long, env = "INHAUS_NGRAM_PROMPT_LOOKUP_MIN", default_value_t = 1)]

@@ -15,7 +15,10 @@ pub(super) fn parse_line(v: &Value, output_len: LenRange) -> Result<Chain, Strin
         .and_then(Value::as_u64)
         .map(|n| n as usize)
         .unwrap_or(output_len.max);
-    let exact_len = v.get("ignore_eos").and_then(Value::as_bool).unwrap_or(true);
+    let exact_len = match v.get("ignore_eos") {
+        None => true,
+        Some(b) => b.as_bool().ok_or("\"ignore_eos\" must be true or false")?,
+    };
     let messages: Vec<Message> = if let Some(p) = v.get("prompt").and_then(Value::as_str) {
         vec![user(p.to_string())]
     } else if let Some(list) = v
@@ -116,5 +119,10 @@ mod tests {
         assert_eq!(chain.len(), 1);
         assert_eq!(chain[0].max_tokens, 7);
         assert!(!chain[0].exact_len);
+        let bad = json!({"prompt": "p", "ignore_eos": "no"});
+        let err = parse_line(&bad, LenRange { min: 9, max: 9 })
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("ignore_eos"), "{err}");
     }
 }
